@@ -1,0 +1,181 @@
+#include "agent.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "dispatch.h"
+#include "log.h"
+#include "wire/errors.h"
+#include "wire/function_table.h"
+
+namespace hsmux::agent {
+
+uint64_t NewHandle() {
+  static absl::Mutex mu(absl::kConstInit);
+  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
+  absl::MutexLock lock(&mu);
+  return ((*rng)() % ((1ULL << 31) - 1)) + 1;
+}
+
+std::string PeerIdentity::Describe() const {
+  std::string s = "CN=" + common_name;
+  if (!sans.empty()) absl::StrAppend(&s, " SAN=", absl::StrJoin(sans, ","));
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
+  std::unique_ptr<Agent> agent(new Agent(std::move(config)));
+  for (const GroupConfig& gc : agent->config_.groups) {
+    HSMUX_ASSIGN_OR_RETURN(auto group, Group::Form(gc, agent->libraries_));
+    agent->groups_[gc.slot_id] = std::move(group);
+  }
+  return agent;
+}
+
+const ClientConfig* Agent::Authorize(const PeerIdentity& peer) const {
+  for (const ClientConfig& c : config_.clients) {
+    if (!c.common_name.empty() && c.common_name == peer.common_name) return &c;
+    if (!c.san.empty()) {
+      for (const std::string& san : peer.sans) {
+        if (san == c.san) return &c;
+      }
+    }
+  }
+  return nullptr;
+}
+
+std::shared_ptr<Instance> Agent::OpenInstance(const ClientConfig* client,
+                                              const std::string& identity) {
+  auto inst = std::make_shared<Instance>();
+  inst->client = client;
+  inst->identity = identity;
+  {
+    absl::MutexLock ilock(&inst->mu);
+    inst->expires = absl::Now() + absl::Seconds(config_.lease_seconds);
+  }
+  absl::MutexLock lock(&mu_);
+  do {
+    // Instance IDs are 63-bit random: not guessable by another client.
+    static absl::Mutex rng_mu(absl::kConstInit);
+    static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
+    absl::MutexLock rlock(&rng_mu);
+    inst->id = ((*rng)() >> 1) | 1;
+  } while (instances_.count(inst->id));
+  instances_[inst->id] = inst;
+  LogInfo(absl::StrCat("instance ", inst->id, " opened by ", identity));
+  return inst;
+}
+
+std::shared_ptr<Instance> Agent::FindInstance(uint64_t id, const std::string& identity) {
+  absl::MutexLock lock(&mu_);
+  auto it = instances_.find(id);
+  if (it == instances_.end() || it->second->identity != identity) return nullptr;
+  return it->second;
+}
+
+bool Agent::RenewLease(uint64_t id, const std::string& identity) {
+  auto inst = FindInstance(id, identity);
+  if (inst == nullptr) return false;
+  absl::MutexLock lock(&inst->mu);
+  inst->expires = absl::Now() + absl::Seconds(config_.lease_seconds);
+  return true;
+}
+
+void Agent::CloseInstance(uint64_t id, const std::string& identity) {
+  std::shared_ptr<Instance> inst;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = instances_.find(id);
+    if (it == instances_.end() || it->second->identity != identity) return;
+    inst = it->second;
+    instances_.erase(it);
+  }
+  DropInstance(inst, "finalized");
+}
+
+void Agent::ReapExpired() {
+  std::vector<std::shared_ptr<Instance>> expired;
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = instances_.begin(); it != instances_.end();) {
+      bool dead;
+      {
+        absl::MutexLock ilock(&it->second->mu);
+        dead = it->second->expires < now;
+      }
+      if (dead) {
+        expired.push_back(it->second);
+        it = instances_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& inst : expired) DropInstance(inst, "lease expired");
+}
+
+void Agent::DropInstance(const std::shared_ptr<Instance>& instance, const char* why) {
+  std::vector<std::shared_ptr<ClientSession>> sessions;
+  {
+    absl::MutexLock lock(&instance->mu);
+    for (auto& [h, s] : instance->sessions) sessions.push_back(s);
+  }
+  for (auto& s : sessions) CloseClientSession(*instance, s);
+  LogInfo(absl::StrCat("instance ", instance->id, " (", instance->identity, ") closed: ", why,
+                       ", ", sessions.size(), " sessions"));
+}
+
+Group* Agent::GroupForSlot(uint64_t slot) {
+  auto it = groups_.find(slot);
+  return it == groups_.end() ? nullptr : it->second.get();
+}
+
+void Agent::CloseClientSession(Instance& instance, const std::shared_ptr<ClientSession>& session) {
+  absl::MutexLock slock(&session->mu);
+  Group* group = session->group;
+  if (session->op_member >= 0) {
+    group->member(session->op_member)->Release(session->op_session, /*dirty=*/true);
+    session->op_member = -1;
+    session->active = {};
+  }
+  std::vector<ObjectRef> owned;
+  {
+    absl::MutexLock lock(&instance.mu);
+    for (auto it = instance.objects.begin(); it != instance.objects.end();) {
+      if (it->second.owner_session == session->handle) {
+        owned.push_back(it->second);
+        instance.object_index.erase({it->second.member, it->second.member_handle});
+        it = instance.objects.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    instance.sessions.erase(session->handle);
+    bool any_on_slot = false;
+    for (auto& [h, s] : instance.sessions) {
+      if (s->slot_id == session->slot_id) any_on_slot = true;
+    }
+    // Closing the last session of a slot logs the instance out of it.
+    if (!any_on_slot) instance.logged_in_slots.erase(session->slot_id);
+  }
+  for (const ObjectRef& ref : owned) {
+    Member* m = group->member(ref.member);
+    absl::MutexLock hlock(&m->holder_mutex());
+    m->fn()->C_DestroyObject(m->holder(), ref.member_handle);
+  }
+}
+
+void Agent::Call(const std::shared_ptr<Instance>& instance, const v1::CallRequest& request,
+                 v1::CallResponse& response) {
+  response.set_call_id(request.call_id());
+  CallContext ctx(*this, instance, request, response);
+  CK_RV rv = Dispatch(ctx);
+  if (rv != CKR_OK) response.clear_results();
+  // Outputs that come with these codes are part of the answer.
+  if (rv == CKR_BUFFER_TOO_SMALL) rv = CKR_BUFFER_TOO_SMALL;
+  response.set_ck_rv(rv);
+}
+
+}  // namespace hsmux::agent

@@ -1,0 +1,66 @@
+// The agent's core, independent of gRPC: groups, instances and their leases,
+// and call dispatch.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "config.h"
+#include "group.h"
+#include "hsmux/v1/cryptoki.pb.h"
+#include "instance.h"
+
+namespace hsmux::agent {
+
+// Who is calling, from the verified client certificate.
+struct PeerIdentity {
+  std::string common_name;
+  std::vector<std::string> sans;
+  std::string Describe() const;
+};
+
+class Agent {
+ public:
+  // Loads every member library, logs in to every member, forms the groups.
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(AgentConfig config);
+
+  const AgentConfig& config() const { return config_; }
+
+  // The configured client an identity is, or nullptr.
+  const ClientConfig* Authorize(const PeerIdentity& peer) const;
+
+  std::shared_ptr<Instance> OpenInstance(const ClientConfig* client, const std::string& identity);
+  // The instance, if it exists and belongs to this identity.
+  std::shared_ptr<Instance> FindInstance(uint64_t id, const std::string& identity);
+  bool RenewLease(uint64_t id, const std::string& identity);
+  void CloseInstance(uint64_t id, const std::string& identity);
+  // Closes the sessions of instances whose lease ran out.
+  void ReapExpired();
+
+  void Call(const std::shared_ptr<Instance>& instance, const v1::CallRequest& request,
+            v1::CallResponse& response);
+
+  Group* GroupForSlot(uint64_t slot);
+
+  // Closes one client session: ends its operations, destroys its session
+  // objects on the members. Caller holds no instance lock.
+  void CloseClientSession(Instance& instance, const std::shared_ptr<ClientSession>& session);
+
+ private:
+  explicit Agent(AgentConfig config) : config_(std::move(config)) {}
+  void DropInstance(const std::shared_ptr<Instance>& instance, const char* why);
+
+  AgentConfig config_;
+  std::map<std::string, std::shared_ptr<MemberLibrary>> libraries_;
+  std::map<uint64_t, std::unique_ptr<Group>> groups_;
+
+  absl::Mutex mu_;
+  std::map<uint64_t, std::shared_ptr<Instance>> instances_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace hsmux::agent

@@ -1,0 +1,131 @@
+#include "call_context.h"
+
+#include "agent.h"
+
+namespace hsmux::agent {
+namespace {
+
+absl::Status BadArg(int i) {
+  return wire::CkError(CKR_ARGUMENTS_BAD, "argument " + std::to_string(i) + " missing or mistyped");
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> CallContext::Ulong(int i) const {
+  if (i >= request_.args_size() || request_.args(i).kind_case() != v1::Value::kUlong) {
+    return BadArg(i);
+  }
+  return request_.args(i).ulong();
+}
+
+absl::StatusOr<const std::string*> CallContext::Bytes(int i) const {
+  if (i >= request_.args_size() || request_.args(i).kind_case() != v1::Value::kBytes) {
+    return BadArg(i);
+  }
+  return &request_.args(i).bytes();
+}
+
+absl::StatusOr<const v1::OutputCapacity*> CallContext::Capacity(int i) const {
+  if (i >= request_.args_size() || !request_.args(i).has_capacity()) return BadArg(i);
+  return &request_.args(i).capacity();
+}
+
+absl::StatusOr<const v1::AttributeList*> CallContext::Attributes(int i) const {
+  if (i >= request_.args_size() || !request_.args(i).has_attributes()) return BadArg(i);
+  return &request_.args(i).attributes();
+}
+
+absl::StatusOr<const v1::AttributeQueryList*> CallContext::Queries(int i) const {
+  if (i >= request_.args_size() || !request_.args(i).has_queries()) return BadArg(i);
+  return &request_.args(i).queries();
+}
+
+absl::StatusOr<const v1::Mechanism*> CallContext::Mechanism(int i) const {
+  if (i >= request_.args_size() || !request_.args(i).has_mechanism()) return BadArg(i);
+  return &request_.args(i).mechanism();
+}
+
+absl::StatusOr<std::shared_ptr<ClientSession>> CallContext::Session() const {
+  HSMUX_ASSIGN_OR_RETURN(uint64_t h, Ulong(0));
+  absl::MutexLock lock(&instance_->mu);
+  auto it = instance_->sessions.find(h);
+  if (it == instance_->sessions.end()) {
+    return wire::CkError(CKR_SESSION_HANDLE_INVALID, "no such session in this instance");
+  }
+  return it->second;
+}
+
+absl::StatusOr<Group*> CallContext::SlotGroup(uint64_t slot) const {
+  Group* group = agent_.GroupForSlot(slot);
+  bool allowed = false;
+  for (const GroupAccess& g : instance_->client->groups) {
+    if (g.slot_id == slot) allowed = true;
+  }
+  // A slot this identity may not use is absent, as if it did not exist.
+  if (group == nullptr || !allowed) return wire::CkError(CKR_SLOT_ID_INVALID, "no such slot");
+  return group;
+}
+
+bool CallContext::LoggedIn(uint64_t slot) const {
+  absl::MutexLock lock(&instance_->mu);
+  return instance_->logged_in_slots.count(slot) > 0;
+}
+
+absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint64_t handle,
+                                              CK_RV invalid_rv) {
+  ObjectRef ref;
+  {
+    absl::MutexLock lock(&instance_->mu);
+    auto it = instance_->objects.find(handle);
+    if (it == instance_->objects.end()) return wire::CkError(invalid_rv, "no such object");
+    ref = it->second;
+  }
+  if (LoggedIn(session.slot_id)) return ref;
+  // Before login, private objects are invisible (the agent itself is always
+  // logged in to the member, so it must enforce this).
+  if (ref.is_private < 0) {
+    Member* m = session.group->member(ref.member);
+    CK_BBOOL priv = CK_TRUE;
+    CK_ATTRIBUTE a = {CKA_PRIVATE, &priv, sizeof(priv)};
+    auto h = m->Acquire();
+    if (!h.ok()) return h.status();
+    CK_RV rv = m->fn()->C_GetAttributeValue(*h, ref.member_handle, &a, 1);
+    m->Release(*h, false);
+    if (rv != CKR_OK) return wire::CkError(invalid_rv, "object gone");
+    ref.is_private = priv ? 1 : 0;
+    absl::MutexLock lock(&instance_->mu);
+    auto it = instance_->objects.find(handle);
+    if (it != instance_->objects.end()) it->second.is_private = ref.is_private;
+  }
+  if (ref.is_private == 1) return wire::CkError(invalid_rv, "private object before login");
+  return ref;
+}
+
+uint64_t CallContext::MapObject(size_t member, CK_OBJECT_HANDLE member_handle,
+                                uint64_t owner_session) {
+  absl::MutexLock lock(&instance_->mu);
+  auto key = std::make_pair(member, member_handle);
+  auto it = instance_->object_index.find(key);
+  if (it != instance_->object_index.end()) return it->second;
+  uint64_t h;
+  do {
+    h = NewHandle();
+  } while (instance_->objects.count(h));
+  ObjectRef ref;
+  ref.member = member;
+  ref.member_handle = member_handle;
+  ref.owner_session = owner_session;
+  instance_->objects[h] = ref;
+  instance_->object_index[key] = h;
+  return h;
+}
+
+void CallContext::UnmapObject(uint64_t handle) {
+  absl::MutexLock lock(&instance_->mu);
+  auto it = instance_->objects.find(handle);
+  if (it == instance_->objects.end()) return;
+  instance_->object_index.erase({it->second.member, it->second.member_handle});
+  instance_->objects.erase(it);
+}
+
+}  // namespace hsmux::agent

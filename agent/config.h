@@ -1,0 +1,76 @@
+// The agent's configuration (/etc/hsmux/hsmuxd.yaml), as loaded and validated.
+// The YAML schema is documented in docs/configuration.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace hsmux::agent {
+
+struct TlsConfig {
+  std::string ca_file;    // CA that client certificates must chain to
+  std::string cert_file;  // the agent's server certificate (PEM)
+  std::string key_file;   // its private key (PEM); never logged
+};
+
+// A member: one token in one vendor library.
+struct MemberConfig {
+  std::string name;          // unique within the group, used in logs/metrics
+  std::string library;       // path of the vendor PKCS#11 library
+  std::string token_label;   // select the token by label ...
+  std::string token_serial;  // ... or by serial (at least one is set)
+  // The member's user PIN, resolved at load time from `pin_file` (first line,
+  // trailing newline stripped) or `pin_env` (environment variable). Never
+  // logged.
+  std::string pin;
+};
+
+// What one client identity may use in one group.
+struct GroupAccess {
+  uint64_t slot_id = 0;  // the group's slot
+  // Salted slow hash of the client's PIN for this group (see pin_hash.h).
+  std::string pin_hash;
+};
+
+struct ClientConfig {
+  // Matched exactly against the client certificate: the subject's common
+  // name, or a DNS/URI subject alternative name. At least one is set.
+  std::string common_name;
+  std::string san;
+  std::vector<GroupAccess> groups;
+};
+
+// One virtual slot/token.
+struct GroupConfig {
+  uint64_t slot_id = 0;  // never 0 is not required by Cryptoki; any value
+  std::string label;     // token label, at most 32 bytes
+  std::string serial;    // at most 16 bytes
+  std::string model = "hsmux";              // at most 16 bytes
+  std::string manufacturer = "hsmux";       // at most 32 bytes
+  std::string slot_description = "hsmux virtual slot";  // at most 64 bytes
+  std::vector<MemberConfig> members;
+};
+
+struct AgentConfig {
+  std::string listen = "127.0.0.1:7443";  // host:port of the mTLS listener
+  TlsConfig tls;
+  std::string state_dir = "/var/lib/hsmux";
+  uint32_t lease_seconds = 30;  // instance lease, renewed by heartbeats
+  uint32_t max_sessions_per_instance = 4096;
+  std::vector<GroupConfig> groups;
+  std::vector<ClientConfig> clients;
+};
+
+// Loads and validates a config file. Any error names the file, the line
+// (when the YAML parser gives one) and the reason, e.g.
+// "/etc/hsmux/hsmuxd.yaml:12: groups[0].members[1]: library is required".
+// Validation: required fields, unique slot IDs and member names, field
+// lengths above, exactly one of pin_file/pin_env per member (and it must be
+// readable / set), every client group naming an existing slot, pin_hash
+// parseable.
+absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path);
+
+}  // namespace hsmux::agent

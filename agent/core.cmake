@@ -1,0 +1,18 @@
+# The agent's core (library, so tests can link it) and the hsmuxd binary.
+add_library(hsmux_agent_core STATIC
+  agent.cc
+  call_context.cc
+  dispatch.cc
+  group.cc
+  handlers_crypto.cc
+  handlers_objects.cc
+  handlers_token.cc
+  log.cc
+  member.cc
+  service.cc)
+target_include_directories(hsmux_agent_core PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
+target_link_libraries(hsmux_agent_core PUBLIC hsmux_wire hsmux_agent_config
+  absl::synchronization absl::time Threads::Threads ${CMAKE_DL_LIBS})
+
+add_executable(hsmuxd main.cc)
+target_link_libraries(hsmuxd PRIVATE hsmux_agent_core absl::flags absl::flags_parse absl::flags_usage)

@@ -1,0 +1,314 @@
+// Cryptographic operations with the spec's state rules kept by the agent
+// (DESIGN §2 "Exact Cryptoki, even where a member is not"): an error other
+// than CKR_BUFFER_TOO_SMALL, or a length query, ends the operation; mixing
+// single-part and multi-part calls is refused with CKR_OPERATION_ACTIVE; a
+// bad key is CKR_KEY_HANDLE_INVALID. A member session is held from Init to
+// the end of the operation, and one that saw an error is closed, never
+// pooled, because members (SoftHSM) may leave the operation active.
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "agent.h"
+#include "dispatch.h"
+#include "log.h"
+#include "wire/function_table.h"
+#include "wire/mechanism_codec.h"
+
+namespace hsmux::agent {
+namespace {
+
+using wire::F;
+
+enum class Shape {
+  kInit,        // (session, mechanism, key)
+  kInitNoKey,   // (session, mechanism): C_DigestInit
+  kInOut,       // (session, in, out): single-part calls and output updates
+  kIn,          // (session, in): input-only updates, C_VerifyFinal
+  kOut,         // (session, out): finals
+  kInIn,        // (session, data, signature): C_Verify
+  kKey,         // (session, key): C_DigestKey
+};
+
+enum class Part { kInit, kSingle, kUpdate, kFinal };
+
+struct OpSpec {
+  Shape shape;
+  Part part;
+  OpKind kind;
+  std::optional<OpKind> second;  // dual-function updates
+};
+
+using InOutFn = CK_C_Encrypt CK_FUNCTION_LIST::*;
+using InFn = CK_C_SignUpdate CK_FUNCTION_LIST::*;
+using OutFn = CK_C_EncryptFinal CK_FUNCTION_LIST::*;
+using InitFn = CK_C_EncryptInit CK_FUNCTION_LIST::*;
+
+std::optional<OpSpec> SpecOf(F f) {
+  using K = OpKind;
+  switch (f) {
+    case F::kEncryptInit: return OpSpec{Shape::kInit, Part::kInit, K::kEncrypt, {}};
+    case F::kDecryptInit: return OpSpec{Shape::kInit, Part::kInit, K::kDecrypt, {}};
+    case F::kDigestInit: return OpSpec{Shape::kInitNoKey, Part::kInit, K::kDigest, {}};
+    case F::kSignInit: return OpSpec{Shape::kInit, Part::kInit, K::kSign, {}};
+    case F::kVerifyInit: return OpSpec{Shape::kInit, Part::kInit, K::kVerify, {}};
+    case F::kSignRecoverInit: return OpSpec{Shape::kInit, Part::kInit, K::kSignRecover, {}};
+    case F::kVerifyRecoverInit: return OpSpec{Shape::kInit, Part::kInit, K::kVerifyRecover, {}};
+    case F::kEncrypt: return OpSpec{Shape::kInOut, Part::kSingle, K::kEncrypt, {}};
+    case F::kDecrypt: return OpSpec{Shape::kInOut, Part::kSingle, K::kDecrypt, {}};
+    case F::kDigest: return OpSpec{Shape::kInOut, Part::kSingle, K::kDigest, {}};
+    case F::kSign: return OpSpec{Shape::kInOut, Part::kSingle, K::kSign, {}};
+    case F::kSignRecover: return OpSpec{Shape::kInOut, Part::kSingle, K::kSignRecover, {}};
+    case F::kVerifyRecover: return OpSpec{Shape::kInOut, Part::kSingle, K::kVerifyRecover, {}};
+    case F::kVerify: return OpSpec{Shape::kInIn, Part::kSingle, K::kVerify, {}};
+    case F::kEncryptUpdate: return OpSpec{Shape::kInOut, Part::kUpdate, K::kEncrypt, {}};
+    case F::kDecryptUpdate: return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, {}};
+    case F::kDigestUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kDigest, {}};
+    case F::kDigestKey: return OpSpec{Shape::kKey, Part::kUpdate, K::kDigest, {}};
+    case F::kSignUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kSign, {}};
+    case F::kVerifyUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kVerify, {}};
+    case F::kEncryptFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kEncrypt, {}};
+    case F::kDecryptFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kDecrypt, {}};
+    case F::kDigestFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kDigest, {}};
+    case F::kSignFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kSign, {}};
+    case F::kVerifyFinal: return OpSpec{Shape::kIn, Part::kFinal, K::kVerify, {}};
+    case F::kDigestEncryptUpdate:
+      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDigest, K::kEncrypt};
+    case F::kDecryptDigestUpdate:
+      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, K::kDigest};
+    case F::kSignEncryptUpdate:
+      return OpSpec{Shape::kInOut, Part::kUpdate, K::kSign, K::kEncrypt};
+    case F::kDecryptVerifyUpdate:
+      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, K::kVerify};
+    default: return std::nullopt;
+  }
+}
+
+InitFn InitFnOf(F f) {
+  switch (f) {
+    case F::kEncryptInit: return &CK_FUNCTION_LIST::C_EncryptInit;
+    case F::kDecryptInit: return &CK_FUNCTION_LIST::C_DecryptInit;
+    case F::kSignInit: return &CK_FUNCTION_LIST::C_SignInit;
+    case F::kVerifyInit: return &CK_FUNCTION_LIST::C_VerifyInit;
+    case F::kSignRecoverInit: return &CK_FUNCTION_LIST::C_SignRecoverInit;
+    default: return &CK_FUNCTION_LIST::C_VerifyRecoverInit;
+  }
+}
+
+InOutFn InOutFnOf(F f) {
+  switch (f) {
+    case F::kEncrypt: return &CK_FUNCTION_LIST::C_Encrypt;
+    case F::kDecrypt: return &CK_FUNCTION_LIST::C_Decrypt;
+    case F::kDigest: return &CK_FUNCTION_LIST::C_Digest;
+    case F::kSign: return &CK_FUNCTION_LIST::C_Sign;
+    case F::kSignRecover: return &CK_FUNCTION_LIST::C_SignRecover;
+    case F::kVerifyRecover: return &CK_FUNCTION_LIST::C_VerifyRecover;
+    case F::kEncryptUpdate: return &CK_FUNCTION_LIST::C_EncryptUpdate;
+    case F::kDecryptUpdate: return &CK_FUNCTION_LIST::C_DecryptUpdate;
+    case F::kDigestEncryptUpdate: return &CK_FUNCTION_LIST::C_DigestEncryptUpdate;
+    case F::kDecryptDigestUpdate: return &CK_FUNCTION_LIST::C_DecryptDigestUpdate;
+    case F::kSignEncryptUpdate: return &CK_FUNCTION_LIST::C_SignEncryptUpdate;
+    default: return &CK_FUNCTION_LIST::C_DecryptVerifyUpdate;
+  }
+}
+
+InFn InFnOf(F f) {
+  switch (f) {
+    case F::kDigestUpdate: return &CK_FUNCTION_LIST::C_DigestUpdate;
+    case F::kSignUpdate: return &CK_FUNCTION_LIST::C_SignUpdate;
+    case F::kVerifyUpdate: return &CK_FUNCTION_LIST::C_VerifyUpdate;
+    default: return &CK_FUNCTION_LIST::C_VerifyFinal;
+  }
+}
+
+OutFn OutFnOf(F f) {
+  switch (f) {
+    case F::kEncryptFinal: return &CK_FUNCTION_LIST::C_EncryptFinal;
+    case F::kDecryptFinal: return &CK_FUNCTION_LIST::C_DecryptFinal;
+    case F::kDigestFinal: return &CK_FUNCTION_LIST::C_DigestFinal;
+    default: return &CK_FUNCTION_LIST::C_SignFinal;
+  }
+}
+
+size_t Index(OpKind k) { return static_cast<size_t>(k); }
+
+// Ends every operation of the session and gives its member session back;
+// `dirty` closes it (the member may still hold an operation).
+void EndAll(ClientSession& s, bool dirty) {
+  s.active = {};
+  s.mode = {};
+  if (s.op_member >= 0) {
+    s.group->member(s.op_member)->Release(s.op_session, dirty);
+    s.op_member = -1;
+    s.op_session = CK_INVALID_HANDLE;
+  }
+}
+
+void EndOne(ClientSession& s, OpKind k) {
+  s.active[Index(k)] = false;
+  s.mode[Index(k)] = OpMode::kNone;
+  if (!s.AnyActive()) EndAll(s, /*dirty=*/false);
+}
+
+CK_RV RunInit(CallContext& ctx, ClientSession& s, F f, const OpSpec& spec) {
+  if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
+  ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
+  if (!s.group->mechanisms().count(mech->type())) return CKR_MECHANISM_INVALID;
+  std::optional<ObjectRef> key;
+  if (spec.shape == Shape::kInit) {
+    ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(2));
+    ASSIGN_OR_RV(ObjectRef ref, ctx.Object(s, kh, CKR_KEY_HANDLE_INVALID));
+    key = ref;
+  }
+  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
+  const int member = key.has_value() ? static_cast<int>(key->member)
+                                     : static_cast<int>(s.group->serving_member());
+  if (s.op_member >= 0 && s.op_member != member) return CKR_OPERATION_ACTIVE;
+  Member* m = s.group->member(member);
+  if (s.op_member < 0) {
+    ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
+    s.op_member = member;
+    s.op_session = h;
+  }
+  CK_RV rv = key.has_value()
+                 ? (m->fn()->*InitFnOf(f))(s.op_session, nm.get(), key->member_handle)
+                 : m->fn()->C_DigestInit(s.op_session, nm.get());
+  if (rv != CKR_OK) {
+    if (!s.AnyActive()) EndAll(s, /*dirty=*/true);
+    return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
+  }
+  s.active[Index(spec.kind)] = true;
+  s.mode[Index(spec.kind)] = OpMode::kNone;
+  return CKR_OK;
+}
+
+}  // namespace
+
+CK_RV OperationCall(CallContext& ctx) {
+  const F f = static_cast<F>(ctx.request().function());
+  const std::optional<OpSpec> spec = SpecOf(f);
+  if (!spec.has_value()) return CKR_FUNCTION_NOT_SUPPORTED;
+  ASSIGN_OR_RV(auto session, ctx.Session());
+  ClientSession& s = *session;
+  absl::MutexLock lock(&s.mu);
+  if (ctx.request().local_error() != 0) {
+    // The module found an error in the caller's arguments: the operation
+    // ends here too.
+    if (s.active[Index(spec->kind)] || (spec->second && s.active[Index(*spec->second)])) {
+      EndAll(s, /*dirty=*/true);
+    }
+    return static_cast<CK_RV>(ctx.request().local_error());
+  }
+  if (spec->part == Part::kInit) return RunInit(ctx, s, f, *spec);
+
+  if (!s.active[Index(spec->kind)] || (spec->second && !s.active[Index(*spec->second)])) {
+    return CKR_OPERATION_NOT_INITIALIZED;
+  }
+  OpMode& mode = s.mode[Index(spec->kind)];
+  const bool single = spec->part == Part::kSingle;
+  if ((single && mode == OpMode::kMulti) || (!single && mode == OpMode::kSingle)) {
+    EndAll(s, /*dirty=*/true);
+    return CKR_OPERATION_ACTIVE;
+  }
+  Member* m = s.group->member(s.op_member);
+  CK_FUNCTION_LIST* fn = m->fn();
+  const CK_SESSION_HANDLE h = s.op_session;
+  CK_RV rv = CKR_OK;
+  bool produced = false;  // an output was written (not a length query)
+  switch (spec->shape) {
+    case Shape::kInOut: {
+      ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
+      ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(2));
+      std::string data = *in;
+      OutputBuffer out(*cap);
+      rv = (fn->*InOutFnOf(f))(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size(),
+                               out.ptr(), out.len());
+      produced = rv == CKR_OK && !out.is_null();
+      if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
+      break;
+    }
+    case Shape::kIn: {
+      ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
+      std::string data = *in;
+      rv = (fn->*InFnOf(f))(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size());
+      produced = true;
+      break;
+    }
+    case Shape::kOut: {
+      ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(1));
+      OutputBuffer out(*cap);
+      rv = (fn->*OutFnOf(f))(h, out.ptr(), out.len());
+      produced = rv == CKR_OK && !out.is_null();
+      if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
+      break;
+    }
+    case Shape::kInIn: {
+      ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
+      ASSIGN_OR_RV(const std::string* sig, ctx.Bytes(2));
+      std::string data = *in, signature = *sig;
+      rv = fn->C_Verify(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size(),
+                        reinterpret_cast<CK_BYTE_PTR>(signature.data()), signature.size());
+      produced = true;
+      break;
+    }
+    case Shape::kKey: {
+      ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(1));
+      auto key = ctx.Object(s, kh, CKR_KEY_HANDLE_INVALID);
+      if (!key.ok()) {
+        EndAll(s, /*dirty=*/true);
+        return wire::GetCkRv(key.status());
+      }
+      rv = fn->C_DigestKey(h, key->member_handle);
+      if (rv == CKR_OBJECT_HANDLE_INVALID) rv = CKR_KEY_HANDLE_INVALID;
+      break;
+    }
+    default:
+      return CKR_GENERAL_ERROR;
+  }
+  if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) {
+    EndAll(s, /*dirty=*/true);
+    return rv;
+  }
+  if (spec->part == Part::kUpdate) {
+    mode = OpMode::kMulti;
+    if (spec->second) s.mode[Index(*spec->second)] = OpMode::kMulti;
+    return rv;
+  }
+  if (single) mode = OpMode::kSingle;
+  // A single-part call or a final that produced its output ends the
+  // operation; a length query or CKR_BUFFER_TOO_SMALL leaves it active.
+  if (rv == CKR_OK && produced) EndOne(s, spec->kind);
+  return rv;
+}
+
+CK_RV SeedRandom(CallContext& ctx) {
+  ASSIGN_OR_RV(auto session, ctx.Session());
+  ASSIGN_OR_RV(const std::string* seed, ctx.Bytes(1));
+  Member* m = session->group->member(session->group->serving_member());
+  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
+  PooledSession ps(m, h);
+  std::string data = *seed;
+  return m->fn()->C_SeedRandom(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size());
+}
+
+CK_RV GenerateRandom(CallContext& ctx) {
+  ASSIGN_OR_RV(auto session, ctx.Session());
+  ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(1));
+  if (cap->capacity() > kMaxOutputBytes) {
+    LogWarning(absl::StrCat("instance ", ctx.instance().id, ": C_GenerateRandom of ",
+                            cap->capacity(), " bytes refused (limit ", kMaxOutputBytes, ")"));
+    return CKR_DEVICE_MEMORY;
+  }
+  Member* m = session->group->member(session->group->serving_member());
+  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
+  PooledSession ps(m, h);
+  std::string buf(cap->capacity(), '\0');
+  CK_RV rv = m->fn()->C_GenerateRandom(h, reinterpret_cast<CK_BYTE_PTR>(buf.data()), buf.size());
+  if (rv == CKR_OK) {
+    auto* out = ctx.AddResult()->mutable_output();
+    out->set_length(buf.size());
+    out->set_data(std::move(buf));
+  }
+  return rv;
+}
+
+}  // namespace hsmux::agent

@@ -1,0 +1,82 @@
+// What the agent keeps per client: instances (one C_Initialize of one
+// process), their sessions, login state and object handles. Every handle is
+// the agent's own, scoped to its instance (DESIGN §2).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "config.h"
+#include "wire/cryptoki.h"
+
+namespace hsmux::agent {
+
+class Group;
+
+// An object as one instance sees it.
+struct ObjectRef {
+  size_t member = 0;                             // index in the group
+  CK_OBJECT_HANDLE member_handle = CK_INVALID_HANDLE;
+  uint64_t owner_session = 0;                    // 0: a token object
+  int is_private = -1;                           // -1: not read yet
+};
+
+// The cryptographic operations a session can have active.
+enum class OpKind { kEncrypt, kDecrypt, kDigest, kSign, kVerify, kSignRecover, kVerifyRecover };
+inline constexpr size_t kOpKinds = 7;
+// Whether an active operation has seen a single-part or a multi-part call:
+// mixing the two is refused (CKR_OPERATION_ACTIVE).
+enum class OpMode { kNone, kSingle, kMulti };
+
+struct ClientSession {
+  absl::Mutex mu;  // one call at a time on a session, as Cryptoki requires
+  uint64_t handle = 0;
+  uint64_t slot_id = 0;
+  bool rw = false;
+  Group* group = nullptr;
+
+  std::array<bool, kOpKinds> active{};
+  std::array<OpMode, kOpKinds> mode{};
+  // The member session leased while any operation is active.
+  int op_member = -1;
+  CK_SESSION_HANDLE op_session = CK_INVALID_HANDLE;
+
+  bool find_active = false;
+  std::vector<uint64_t> find_results;
+  size_t find_pos = 0;
+
+  bool AnyActive() const {
+    for (bool a : active) {
+      if (a) return true;
+    }
+    return false;
+  }
+};
+
+struct Instance {
+  uint64_t id = 0;
+  std::string identity;  // for logs and the ownership check on every call
+  const ClientConfig* client = nullptr;
+
+  absl::Mutex mu;
+  absl::Time expires ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, std::shared_ptr<ClientSession>> sessions ABSL_GUARDED_BY(mu);
+  std::set<uint64_t> logged_in_slots ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, ObjectRef> objects ABSL_GUARDED_BY(mu);
+  std::map<std::pair<size_t, CK_OBJECT_HANDLE>, uint64_t> object_index ABSL_GUARDED_BY(mu);
+};
+
+// Random handles in [1, 2^31): never 0, below 2^32 (Windows CK_ULONG), and
+// not guessable from another instance's.
+uint64_t NewHandle();
+
+}  // namespace hsmux::agent

@@ -1,0 +1,100 @@
+// hsmuxd: loads the config, logs in to every member, serves the virtual
+// tokens over mTLS until SIGTERM/SIGINT.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "agent.h"
+#include "config.h"
+#include "log.h"
+#include "service.h"
+
+ABSL_FLAG(std::string, config, "/etc/hsmux/hsmuxd.yaml", "path of the agent's YAML config");
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("hsmuxd --config /etc/hsmux/hsmuxd.yaml");
+  absl::ParseCommandLine(argc, argv);
+  using namespace hsmux::agent;  // NOLINT(google-build-using-namespace)
+
+  // Signals are taken by a waiting thread, not by handlers.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto config = LoadAgentConfig(absl::GetFlag(FLAGS_config));
+  if (!config.ok()) {
+    LogError(absl::StrCat("bad config: ", config.status().message()));
+    return 2;
+  }
+  const std::string listen = config->listen;
+  const TlsConfig tls = config->tls;
+  auto agent = Agent::Start(std::move(*config));
+  if (!agent.ok()) {
+    LogError(absl::StrCat("cannot start: ", agent.status().message()));
+    return 1;
+  }
+
+  grpc::SslServerCredentialsOptions ssl(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  if (!ReadFile(tls.ca_file, &ssl.pem_root_certs) || !ReadFile(tls.cert_file, &pair.cert_chain) ||
+      !ReadFile(tls.key_file, &pair.private_key)) {
+    LogError("cannot read the TLS files named in the config");
+    return 2;
+  }
+  ssl.pem_key_cert_pairs.push_back(pair);
+
+  CryptokiService service(**agent);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl));
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.SetMaxSendMessageSize(16 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    LogError(absl::StrCat("cannot listen on ", listen));
+    return 1;
+  }
+  std::fprintf(stderr, "hsmuxd: serving on %s\n", listen.c_str());
+  std::fflush(stderr);
+
+  std::atomic<bool> stopping{false};
+  std::thread reaper([&] {
+    while (!stopping.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      (*agent)->ReapExpired();
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo(absl::StrCat("signal ", sig, ": shutting down"));
+  stopping = true;
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  reaper.join();
+  return 0;
+}

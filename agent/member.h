@@ -1,0 +1,97 @@
+// Members: the real tokens behind a virtual slot. A vendor library is loaded
+// and initialised once, however many members (tokens) it holds; a member is
+// one token in it, logged in once by the agent, with a small pool of
+// sessions and one long-lived holder session where objects are created (so
+// that session objects survive pool recycling, DESIGN §3).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "config.h"
+#include "wire/cryptoki.h"
+
+namespace hsmux::agent {
+
+// One loaded vendor library.
+class MemberLibrary {
+ public:
+  // dlopen + C_GetFunctionList + C_Initialize(CKF_OS_LOCKING_OK). Libraries
+  // are shared by path through `cache`.
+  static absl::StatusOr<std::shared_ptr<MemberLibrary>> Load(
+      const std::string& path, std::map<std::string, std::shared_ptr<MemberLibrary>>& cache);
+
+  CK_FUNCTION_LIST* fn() const { return fn_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MemberLibrary(std::string path, void* handle, CK_FUNCTION_LIST* fn)
+      : path_(std::move(path)), handle_(handle), fn_(fn) {}
+  std::string path_;
+  void* handle_;
+  CK_FUNCTION_LIST* fn_;
+};
+
+class Member {
+ public:
+  // Finds the token, opens the holder session and logs in.
+  static absl::StatusOr<std::unique_ptr<Member>> Open(const MemberConfig& config,
+                                                      std::shared_ptr<MemberLibrary> library);
+
+  const std::string& name() const { return name_; }
+  CK_FUNCTION_LIST* fn() const { return library_->fn(); }
+  CK_SLOT_ID slot() const { return slot_; }
+
+  // A pooled session, opened if none is idle. Errors carry the member's rv.
+  absl::StatusOr<CK_SESSION_HANDLE> Acquire();
+  // Returns a session. `dirty` (an operation may still be active on it, which
+  // SoftHSM leaves after errors) closes it instead of pooling it.
+  void Release(CK_SESSION_HANDLE session, bool dirty);
+
+  // The holder session, for creating objects; calls on it are serialised.
+  CK_SESSION_HANDLE holder() const { return holder_; }
+  absl::Mutex& holder_mutex() { return holder_mu_; }
+
+  // The member's mechanisms and their info.
+  absl::StatusOr<std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>> Mechanisms() const;
+
+ private:
+  Member(std::string name, std::shared_ptr<MemberLibrary> library, CK_SLOT_ID slot)
+      : name_(std::move(name)), library_(std::move(library)), slot_(slot) {}
+
+  const std::string name_;
+  std::shared_ptr<MemberLibrary> library_;
+  const CK_SLOT_ID slot_;
+  CK_SESSION_HANDLE holder_ = CK_INVALID_HANDLE;
+  absl::Mutex holder_mu_;
+
+  absl::Mutex pool_mu_;
+  std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(pool_mu_);
+  static constexpr size_t kMaxIdle = 16;
+};
+
+// Scoped lease of a pooled session.
+class PooledSession {
+ public:
+  PooledSession(Member* member, CK_SESSION_HANDLE h) : member_(member), h_(h) {}
+  ~PooledSession() {
+    if (member_ != nullptr) member_->Release(h_, dirty_);
+  }
+  PooledSession(const PooledSession&) = delete;
+  PooledSession& operator=(const PooledSession&) = delete;
+  CK_SESSION_HANDLE get() const { return h_; }
+  void MarkDirty() { dirty_ = true; }
+
+ private:
+  Member* member_;
+  CK_SESSION_HANDLE h_;
+  bool dirty_ = false;
+};
+
+}  // namespace hsmux::agent

@@ -1,0 +1,171 @@
+#include "agent_client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "log.h"
+#include "wire/errors.h"
+#include "wire/grpc_status_map.h"
+
+namespace hsmux::module {
+namespace {
+
+constexpr char kModuleVersion[] = "0.1.0";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat("cannot read ", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// gRPC deadlines take only system_clock.
+std::chrono::system_clock::time_point DeadlineIn(uint32_t ms) {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(ms);
+}
+
+int64_t UnixMs(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AgentClient>> AgentClient::Create(const ModuleConfig& config) {
+  HSMUX_ASSIGN_OR_RETURN(std::string ca, ReadFile(config.ca_file));
+  HSMUX_ASSIGN_OR_RETURN(std::string cert, ReadFile(config.cert_file));
+  HSMUX_ASSIGN_OR_RETURN(std::string key, ReadFile(config.key_file));
+  return std::unique_ptr<AgentClient>(
+      new AgentClient(config, std::move(ca), std::move(cert), std::move(key)));
+}
+
+AgentClient::AgentClient(ModuleConfig config, std::string ca, std::string cert, std::string key)
+    : config_(std::move(config)),
+      ca_pem_(std::move(ca)),
+      cert_pem_(std::move(cert)),
+      key_pem_(std::move(key)) {}
+
+v1::Cryptoki::Stub* AgentClient::StubLocked() {
+  if (stub_ == nullptr) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ca_pem_;
+    ssl.pem_cert_chain = cert_pem_;
+    ssl.pem_private_key = key_pem_;
+    grpc::ChannelArguments args;
+    if (!config_.server_name.empty()) {
+      args.SetSslTargetNameOverride(config_.server_name);
+    }
+    args.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+    args.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+    // Fail fast and retry connecting soon after an agent outage, so calls
+    // answer CKR_DEVICE_ERROR within the call timeout and work again after.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    channel_ = grpc::CreateCustomChannel(config_.agents[endpoint_], grpc::SslCredentials(ssl),
+                                         args);
+    stub_ = v1::Cryptoki::NewStub(channel_);
+  }
+  return stub_.get();
+}
+
+void AgentClient::NextEndpointLocked() {
+  endpoint_ = (endpoint_ + 1) % config_.agents.size();
+  stub_.reset();
+  channel_.reset();
+}
+
+absl::Status AgentClient::OpenLocked() {
+  absl::Status last;
+  for (size_t tries = 0; tries < config_.agents.size(); ++tries) {
+    v1::OpenRequest req;
+    req.set_pid(static_cast<uint32_t>(getpid()));
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    req.set_host(host);
+    req.set_module_version(kModuleVersion);
+    v1::OpenResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineIn(config_.connect_timeout_ms));
+    ++round_trips_;
+    grpc::Status st = StubLocked()->Open(&ctx, req, &resp);
+    if (st.ok()) {
+      instance_id_ = resp.instance_id();
+      return absl::OkStatus();
+    }
+    LogLine(absl::StrCat("agent ", config_.agents[endpoint_], " did not register us: ",
+                         st.error_message()));
+    last = wire::StatusFromGrpc(st);
+    if (config_.agents.size() > 1) NextEndpointLocked();
+  }
+  return last;
+}
+
+absl::StatusOr<v1::CallResponse> AgentClient::Call(v1::CallRequest& request) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    v1::Cryptoki::Stub* stub;
+    {
+      absl::MutexLock lock(&mu_);
+      if (instance_id_ == 0) HSMUX_RETURN_IF_ERROR(OpenLocked());
+      request.set_instance_id(instance_id_);
+      stub = StubLocked();
+      ++round_trips_;
+    }
+    const auto deadline = DeadlineIn(config_.call_timeout_ms);
+    request.set_deadline_unix_ms(UnixMs(deadline));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline);
+    v1::CallResponse response;
+    grpc::Status st = stub->Call(&ctx, request, &response);
+    if (st.ok()) return response;
+    if (st.error_code() == grpc::StatusCode::NOT_FOUND && attempt == 0) {
+      // The agent no longer knows this instance (lease expired or agent
+      // restarted): register again; the old handles are gone with it.
+      absl::MutexLock lock(&mu_);
+      if (instance_id_ == request.instance_id()) instance_id_ = 0;
+      continue;
+    }
+    LogLine(absl::StrCat("call ", request.function(), " failed: ", st.error_message()));
+    return wire::StatusFromGrpc(st);
+  }
+  return wire::CkError(CKR_DEVICE_ERROR, "agent keeps forgetting the instance");
+}
+
+void AgentClient::Heartbeat() {
+  absl::MutexLock lock(&mu_);
+  if (instance_id_ == 0) return;
+  v1::HeartbeatRequest req;
+  req.set_instance_id(instance_id_);
+  v1::HeartbeatResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(config_.connect_timeout_ms));
+  ++round_trips_;
+  grpc::Status st = StubLocked()->Heartbeat(&ctx, req, &resp);
+  if (st.ok() && !resp.known()) instance_id_ = 0;
+}
+
+void AgentClient::Close() {
+  absl::MutexLock lock(&mu_);
+  if (instance_id_ == 0 || stub_ == nullptr) return;
+  v1::CloseRequest req;
+  req.set_instance_id(instance_id_);
+  v1::CloseResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(config_.connect_timeout_ms));
+  ++round_trips_;
+  (void)stub_->Close(&ctx, req, &resp);
+  instance_id_ = 0;
+}
+
+uint64_t AgentClient::round_trips() const {
+  absl::MutexLock lock(&mu_);
+  return round_trips_;
+}
+
+}  // namespace hsmux::module

@@ -1,0 +1,34 @@
+// The module's configuration: a small YAML file named by HSMUX_CONFIG, else
+// /etc/hsmux/module.conf. Schema in docs/configuration.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace hsmux::module {
+
+struct ModuleConfig {
+  std::vector<std::string> agents;  // "host:port", tried in order
+  std::string ca_file;              // CA the agent's certificate must chain to
+  std::string cert_file;            // this client's certificate
+  std::string key_file;             // this client's private key (never logged)
+  std::string server_name;          // expected agent name, if not the host
+  std::vector<uint64_t> slots;      // slot IDs listed even with no agent
+  uint32_t call_timeout_ms = 10000;
+  uint32_t connect_timeout_ms = 3000;
+  uint32_t heartbeat_seconds = 10;
+  std::string log_file;  // module log (never the host's stderr); empty: off
+  uint32_t max_message_bytes = 16 << 20;
+};
+
+inline constexpr char kDefaultModuleConfigPath[] = "/etc/hsmux/module.conf";
+
+// Reads HSMUX_CONFIG or the default path. Errors carry CKR_GENERAL_ERROR
+// and name the file, line and reason.
+absl::StatusOr<ModuleConfig> LoadModuleConfig();
+absl::StatusOr<ModuleConfig> LoadModuleConfigFile(const std::string& path);
+
+}  // namespace hsmux::module

@@ -1,0 +1,141 @@
+#include "module_state.h"
+
+#include <grpc/fork.h>
+#include <grpc/grpc.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "log.h"
+#include "wire/errors.h"
+
+// Exported by Debian's libgpr: turns on gRPC's fork support before grpc_init
+// reads it (the same switch as GRPC_ENABLE_FORK_SUPPORT=1).
+void gpr_global_config_set_grpc_enable_fork_support(bool value);
+
+namespace hsmux::module {
+namespace {
+
+// gRPC must be told about fork() or a child that uses it hangs; these run in
+// every fork of the host once the module was initialised.
+void InstallForkHandlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    gpr_global_config_set_grpc_enable_fork_support(true);
+    pthread_atfork(grpc_prefork, grpc_postfork_parent, grpc_postfork_child);
+  });
+}
+
+}  // namespace
+
+ModuleState& ModuleState::Get() {
+  static ModuleState* state = new ModuleState;
+  return *state;
+}
+
+absl::Status ModuleState::Initialize() {
+  InstallForkHandlers();
+  absl::MutexLock lock(&mu_);
+  const pid_t me = getpid();
+  if (initialized_ && pid_ == me) {
+    return wire::CkError(CKR_CRYPTOKI_ALREADY_INITIALIZED, "already initialised");
+  }
+  if (initialized_ && pid_ != me) {
+    // A forked child: the parent's channel and thread are not ours. Leak them.
+    new std::shared_ptr<AgentClient>(std::move(client_));
+    heartbeat_.release();  // NOLINT(bugprone-unused-return-value): abandoned on purpose
+    initialized_ = false;
+  }
+  HSMUX_ASSIGN_OR_RETURN(ModuleConfig config, LoadModuleConfig());
+  SetLogFile(config.log_file);
+  RouteGrpcLogs();
+  auto client_or = AgentClient::Create(config);
+  if (!client_or.ok()) {
+    LogLine(std::string("C_Initialize: ") + std::string(client_or.status().message()));
+    return client_or.status();
+  }
+  client_ = std::shared_ptr<AgentClient>(std::move(*client_or));
+  config_ = std::move(config);
+  pid_ = me;
+  initialized_ = true;
+  stop_heartbeat_ = false;
+  ++generation_;
+  // Register the instance now if an agent answers; if none does,
+  // C_Initialize still succeeds and each call answers CKR_DEVICE_ERROR.
+  auto client = client_;
+  heartbeat_ = std::make_unique<std::thread>(
+      [this, client, secs = config_.heartbeat_seconds] { HeartbeatLoop(client, secs); });
+  return absl::OkStatus();
+}
+
+void ModuleState::HeartbeatLoop(std::shared_ptr<AgentClient> client, uint32_t seconds) {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this] { return stop_heartbeat_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Seconds(seconds));
+      if (stop_heartbeat_) return;
+    }
+    client->Heartbeat();
+  }
+}
+
+absl::Status ModuleState::Finalize() {
+  std::shared_ptr<AgentClient> client;
+  std::unique_ptr<std::thread> heartbeat;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!initialized_ || pid_ != getpid()) {
+      return wire::CkError(CKR_CRYPTOKI_NOT_INITIALIZED, "not initialised");
+    }
+    initialized_ = false;
+    stop_heartbeat_ = true;
+    client = std::move(client_);
+    heartbeat = std::move(heartbeat_);
+  }
+  if (heartbeat != nullptr && heartbeat->joinable()) {
+    if (heartbeat->get_id() == std::this_thread::get_id()) {
+      heartbeat->detach();
+    } else {
+      heartbeat->join();
+    }
+  }
+  if (client != nullptr) client->Close();
+  return absl::OkStatus();
+}
+
+bool ModuleState::Initialized() const {
+  absl::MutexLock lock(&mu_);
+  return initialized_ && pid_ == getpid();
+}
+
+absl::StatusOr<std::shared_ptr<AgentClient>> ModuleState::Client() const {
+  absl::MutexLock lock(&mu_);
+  if (!initialized_ || pid_ != getpid()) {
+    return wire::CkError(CKR_CRYPTOKI_NOT_INITIALIZED, "not initialised");
+  }
+  return client_;
+}
+
+bool ModuleState::HasSlot(CK_SLOT_ID slot) const {
+  absl::MutexLock lock(&mu_);
+  return std::find(config_.slots.begin(), config_.slots.end(), slot) != config_.slots.end();
+}
+
+std::vector<uint64_t> ModuleState::Slots() const {
+  absl::MutexLock lock(&mu_);
+  return config_.slots;
+}
+
+CK_RV ModuleState::BlockUntilFinalized() {
+  absl::MutexLock lock(&mu_);
+  const uint64_t gen = generation_;
+  const pid_t me = getpid();
+  auto done = [this, gen, me] { return !initialized_ || generation_ != gen || pid_ != me; };
+  mu_.Await(absl::Condition(&done));
+  return CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+}  // namespace hsmux::module
