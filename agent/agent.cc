@@ -172,9 +172,9 @@ void Agent::Call(const std::shared_ptr<Instance>& instance, const v1::CallReques
   response.set_call_id(request.call_id());
   CallContext ctx(*this, instance, request, response);
   CK_RV rv = Dispatch(ctx);
-  if (rv != CKR_OK) response.clear_results();
-  // Outputs that come with these codes are part of the answer.
-  if (rv == CKR_BUFFER_TOO_SMALL) rv = CKR_BUFFER_TOO_SMALL;
+  // Results travel only with CKR_OK, and with CKR_BUFFER_TOO_SMALL (which
+  // carries the needed length).
+  if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) response.clear_results();
   response.set_ck_rv(rv);
 }
 

@@ -18,12 +18,16 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
     HSMUX_ASSIGN_OR_RETURN(auto member, Member::Open(mc, library));
     HSMUX_ASSIGN_OR_RETURN(auto mechs, member->Mechanisms());
     if (first) {
-      group->mechanisms_ = std::move(mechs);
+      for (const auto& [type, info] : mechs) {
+        group->mechanisms_[type] = info;
+        group->order_.push_back(type);
+      }
       first = false;
     } else {
       // Intersection: largest minimum key size, smallest maximum, common flags.
       for (auto it = group->mechanisms_.begin(); it != group->mechanisms_.end();) {
-        auto other = mechs.find(it->first);
+        auto other = std::find_if(mechs.begin(), mechs.end(),
+                                  [&](const auto& m) { return m.first == it->first; });
         if (other == mechs.end()) {
           LogWarning(absl::StrCat("group ", config.label, ": ",
                                   wire::MechanismName(it->first), " left out: member ", mc.name,
@@ -48,6 +52,11 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
       ++it;
     }
   }
+  std::vector<CK_MECHANISM_TYPE> kept;
+  for (CK_MECHANISM_TYPE t : group->order_) {
+    if (group->mechanisms_.count(t)) kept.push_back(t);
+  }
+  group->order_ = std::move(kept);
   LogInfo(absl::StrCat("group ", config.label, " (slot ", config.slot_id, "): ",
                        group->members_.size(), " members, ", group->mechanisms_.size(),
                        " mechanisms"));

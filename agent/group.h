@@ -23,6 +23,9 @@ class Group {
 
   const GroupConfig& config() const { return config_; }
   const std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>& mechanisms() const { return mechanisms_; }
+  // The advertised list, in the first member's order (clients such as
+  // pkcs11-tool walk it in order).
+  const std::vector<CK_MECHANISM_TYPE>& mechanism_order() const { return order_; }
   size_t member_count() const { return members_.size(); }
   Member* member(size_t i) { return members_[i].get(); }
   // The member that serves calls. In this release: the first one; routing
@@ -34,6 +37,7 @@ class Group {
   GroupConfig config_;
   std::vector<std::unique_ptr<Member>> members_;
   std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO> mechanisms_;
+  std::vector<CK_MECHANISM_TYPE> order_;
 };
 
 }  // namespace hsmux::agent

@@ -76,7 +76,7 @@ CK_RV GetMechanismList(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t slot, ctx.Ulong(0));
   ASSIGN_OR_RV(Group * group, ctx.SlotGroup(slot));
   auto* list = ctx.AddResult()->mutable_ulongs();
-  for (const auto& [type, info] : group->mechanisms()) list->add_values(type);
+  for (CK_MECHANISM_TYPE type : group->mechanism_order()) list->add_values(type);
   return CKR_OK;
 }
 

@@ -127,7 +127,8 @@ void Member::Release(CK_SESSION_HANDLE session, bool dirty) {
   fn()->C_CloseSession(session);
 }
 
-absl::StatusOr<std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>> Member::Mechanisms() const {
+absl::StatusOr<std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>> Member::Mechanisms()
+    const {
   CK_ULONG count = 0;
   CK_RV rv = fn()->C_GetMechanismList(slot_, nullptr, &count);
   if (rv != CKR_OK) return wire::CkError(rv, "C_GetMechanismList");
@@ -135,12 +136,12 @@ absl::StatusOr<std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>> Member::Mechanism
   rv = fn()->C_GetMechanismList(slot_, types.data(), &count);
   if (rv != CKR_OK) return wire::CkError(rv, "C_GetMechanismList");
   types.resize(count);
-  std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO> out;
+  std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>> out;
   for (CK_MECHANISM_TYPE t : types) {
     // SoftHSM ORs flags into the caller's structure: zero it first.
     CK_MECHANISM_INFO info;
     std::memset(&info, 0, sizeof(info));
-    if (fn()->C_GetMechanismInfo(slot_, t, &info) == CKR_OK) out[t] = info;
+    if (fn()->C_GetMechanismInfo(slot_, t, &info) == CKR_OK) out.emplace_back(t, info);
   }
   return out;
 }

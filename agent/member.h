@@ -58,8 +58,8 @@ class Member {
   CK_SESSION_HANDLE holder() const { return holder_; }
   absl::Mutex& holder_mutex() { return holder_mu_; }
 
-  // The member's mechanisms and their info.
-  absl::StatusOr<std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>> Mechanisms() const;
+  // The member's mechanisms and their info, in the member's own order.
+  absl::StatusOr<std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>> Mechanisms() const;
 
  private:
   Member(std::string name, std::shared_ptr<MemberLibrary> library, CK_SLOT_ID slot)
