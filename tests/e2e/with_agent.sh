@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs one test command against a real hsmuxd over three fresh SoftHSMv2
+# tokens with test-time mTLS certificates:
+#
+#   tests/e2e/with_agent.sh BUILD_DIR WORK_DIR -- COMMAND [ARGS...]
+#
+# Exports to COMMAND:
+#   HSMUX_CONFIG        module config (client-1)
+#   HSMUX_TEST_DIR      the work dir (pki/, secrets/, tokens/, hsmuxd.yaml, hsmuxd.log)
+#   HSMUX_MODULE        path of libhsmux-pkcs11.so
+#   HSMUX_AGENT_PORT    the agent's port
+#   HSMUX_AGENT_PID     the agent's pid
+#   SOFTHSM2_CONF       the members' SoftHSM config (to check members directly)
+# Optional: HSMUX_LEASE_SECONDS to shorten the instance lease.
+set -euo pipefail
+[ "$#" -ge 4 ] && [ "$3" = "--" ] || { echo "usage: $0 BUILD_DIR WORK_DIR -- COMMAND..." >&2; exit 2; }
+BUILD="$(cd "$1" && pwd)"
+WORK="$2"
+shift 3
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"
+
+# A free port chosen by the kernel.
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+
+bash "$REPO/scripts/make-test-pki.sh" "$WORK" >/dev/null
+eval "$(bash "$REPO/scripts/make-softhsm-tokens.sh" "$WORK" | grep '^export ')"
+HSMUX_BUILD_DIR="$BUILD" bash "$REPO/scripts/make-demo-config.sh" "$WORK" "$PORT" >/dev/null
+if [ -n "${HSMUX_LEASE_SECONDS:-}" ]; then
+  sed -i "s/^lease_seconds: .*/lease_seconds: ${HSMUX_LEASE_SECONDS}/" "$WORK/hsmuxd.yaml"
+fi
+
+"$BUILD/agent/hsmuxd" --config "$WORK/hsmuxd.yaml" >"$WORK/hsmuxd.log" 2>&1 &
+AGENT=$!
+cleanup() {
+  kill "$AGENT" 2>/dev/null || true
+  wait "$AGENT" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 300); do
+  grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" && break
+  kill -0 "$AGENT" 2>/dev/null || { echo "hsmuxd exited early:" >&2; cat "$WORK/hsmuxd.log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" || { echo "hsmuxd not ready" >&2; cat "$WORK/hsmuxd.log" >&2; exit 1; }
+
+export HSMUX_CONFIG="$WORK/module.yaml" HSMUX_TEST_DIR="$WORK" HSMUX_AGENT_PORT="$PORT"
+export HSMUX_MODULE="$BUILD/module/libhsmux-pkcs11.so" HSMUX_AGENT_PID="$AGENT"
+set +e
+"$@"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+  echo "---- last lines of hsmuxd.log ----" >&2
+  tail -n 40 "$WORK/hsmuxd.log" >&2
+fi
+exit "$rc"
