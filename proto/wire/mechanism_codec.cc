@@ -101,6 +101,13 @@ constexpr MechSpec kMechs[] = {
   M(CKM_AES_ECB_ENCRYPT_DATA, kStringData, 0, 0)
   M(CKM_AES_CBC_ENCRYPT_DATA, kAesCbcData, 0, 0)
   // DES3
+  M(CKM_DES_KEY_GEN, kNoParam, 0, 0)
+  M(CKM_DES_ECB, kNoParam, 0, 0)
+  M(CKM_DES_CBC, kRaw, 8, 0)
+  M(CKM_DES_CBC_PAD, kRaw, 8, 0)
+  M(CKM_DES_ECB_ENCRYPT_DATA, kStringData, 0, 0)
+  M(CKM_DSA_PARAMETER_GEN, kNoParam, 0, 0)
+  M(CKM_DH_PKCS_PARAMETER_GEN, kNoParam, 0, 0)
   M(CKM_DES2_KEY_GEN, kNoParam, 0, 0)
   M(CKM_DES3_KEY_GEN, kNoParam, 0, 0)
   M(CKM_DES3_ECB, kNoParam, 0, 0)
