@@ -26,8 +26,18 @@ std::string PeerIdentity::Describe() const {
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
+  HSMUX_ASSIGN_OR_RETURN(agent->store_,
+                         OpenSqliteStateStore(agent->config_.state_dir + "/hsmux-state.db"));
   for (const GroupConfig& gc : agent->config_.groups) {
     HSMUX_ASSIGN_OR_RETURN(auto group, Group::Form(gc, agent->libraries_));
+    group->writer().set_store(agent->store_.get());
+    HSMUX_ASSIGN_OR_RETURN(DiscoveryReport report, group->registry().Discover(*group));
+    // Writes a crash left unacknowledged are undone before anyone is served.
+    group->writer().RollBackPending();
+    LogInfo(absl::StrCat("group ", gc.label, ": registry has ", report.objects,
+                         " objects (", report.merged, " on several members, ", report.unproven,
+                         " unproven, ", report.ambiguous, " ambiguous)"));
+    for (const std::string& note : report.notes) LogWarning(absl::StrCat("group ", gc.label, ": ", note));
     agent->groups_[gc.slot_id] = std::move(group);
   }
   return agent;
@@ -125,6 +135,22 @@ void Agent::DropInstance(const std::shared_ptr<Instance>& instance, const char* 
   for (auto& s : sessions) CloseClientSession(*instance, s);
   LogInfo(absl::StrCat("instance ", instance->id, " (", instance->identity, ") closed: ", why,
                        ", ", sessions.size(), " sessions"));
+}
+
+std::pair<uint64_t, uint64_t> Agent::Counts() {
+  absl::MutexLock lock(&mu_);
+  uint64_t sessions = 0;
+  for (auto& [id, inst] : instances_) {
+    absl::MutexLock ilock(&inst->mu);
+    sessions += inst->sessions.size();
+  }
+  return {instances_.size(), sessions};
+}
+
+absl::Status Agent::CreateReplicationKey(uint64_t slot) {
+  Group* group = GroupForSlot(slot);
+  if (group == nullptr) return absl::NotFoundError(absl::StrCat("no group on slot ", slot));
+  return group->writer().CreateReplicationKey();
 }
 
 Group* Agent::GroupForSlot(uint64_t slot) {

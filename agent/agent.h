@@ -14,6 +14,7 @@
 #include "group.h"
 #include "hsmux/v1/cryptoki.pb.h"
 #include "instance.h"
+#include "state_store.h"
 
 namespace hsmux::agent {
 
@@ -46,6 +47,14 @@ class Agent {
             v1::CallResponse& response);
 
   Group* GroupForSlot(uint64_t slot);
+  const std::map<uint64_t, std::unique_ptr<Group>>& groups() const { return groups_; }
+  StateStore& store() { return *store_; }
+
+  // Instances and client sessions now, for status.
+  std::pair<uint64_t, uint64_t> Counts();
+
+  // Operator actions (hsmuxctl over the admin socket).
+  absl::Status CreateReplicationKey(uint64_t slot);
 
   // Closes one client session: ends its operations, destroys its session
   // objects on the members. Caller holds no instance lock.
@@ -56,6 +65,7 @@ class Agent {
   void DropInstance(const std::shared_ptr<Instance>& instance, const char* why);
 
   AgentConfig config_;
+  std::unique_ptr<StateStore> store_;
   std::map<std::string, std::shared_ptr<MemberLibrary>> libraries_;
   std::map<uint64_t, std::unique_ptr<Group>> groups_;
 

@@ -80,6 +80,11 @@ absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint
     if (it == instance_->objects.end()) return wire::CkError(invalid_rv, "no such object");
     ref = it->second;
   }
+  if (ref.logical_id != 0) {
+    auto obj = session.group->registry().Get(ref.logical_id);
+    if (obj == nullptr) return wire::CkError(invalid_rv, "object destroyed");
+    ref.is_private = obj->snapshot.is_private ? 1 : 0;
+  }
   if (LoggedIn(session.slot_id)) return ref;
   // Before login, private objects are invisible (the agent itself is always
   // logged in to the member, so it must enforce this).
@@ -120,12 +125,51 @@ uint64_t CallContext::MapObject(size_t member, CK_OBJECT_HANDLE member_handle,
   return h;
 }
 
+uint64_t CallContext::MapLogical(uint64_t logical_id) {
+  absl::MutexLock lock(&instance_->mu);
+  auto it = instance_->logical_index.find(logical_id);
+  if (it != instance_->logical_index.end()) return it->second;
+  uint64_t h;
+  do {
+    h = NewHandle();
+  } while (instance_->objects.count(h));
+  ObjectRef ref;
+  ref.logical_id = logical_id;
+  instance_->objects[h] = ref;
+  instance_->logical_index[logical_id] = h;
+  return h;
+}
+
 void CallContext::UnmapObject(uint64_t handle) {
   absl::MutexLock lock(&instance_->mu);
   auto it = instance_->objects.find(handle);
   if (it == instance_->objects.end()) return;
-  instance_->object_index.erase({it->second.member, it->second.member_handle});
+  if (it->second.logical_id != 0) {
+    instance_->logical_index.erase(it->second.logical_id);
+  } else {
+    instance_->object_index.erase({it->second.member, it->second.member_handle});
+  }
   instance_->objects.erase(it);
+}
+
+absl::StatusOr<std::pair<size_t, CK_OBJECT_HANDLE>> CallContext::Place(Group& group,
+                                                                       const ObjectRef& ref,
+                                                                       CK_RV invalid_rv) {
+  if (ref.logical_id == 0) return std::make_pair(ref.member, ref.member_handle);
+  auto obj = group.registry().Get(ref.logical_id);
+  if (obj == nullptr) return wire::CkError(invalid_rv, "object destroyed");
+  auto member = group.Route(*obj);
+  if (!member.has_value()) {
+    return wire::CkError(CKR_DEVICE_ERROR, "no healthy member holds the object");
+  }
+  return std::make_pair(*member, obj->handles[*member]);
+}
+
+CK_OBJECT_HANDLE CallContext::HandleOn(Group& group, const ObjectRef& ref, size_t member) {
+  if (ref.logical_id == 0) return ref.member == member ? ref.member_handle : CK_INVALID_HANDLE;
+  auto obj = group.registry().Get(ref.logical_id);
+  if (obj == nullptr || !obj->OnMember(member)) return CK_INVALID_HANDLE;
+  return obj->handles[member];
 }
 
 }  // namespace hsmux::agent

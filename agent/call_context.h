@@ -67,9 +67,19 @@ class CallContext {
   // objects are absent before login.
   absl::StatusOr<ObjectRef> Object(const ClientSession& session, uint64_t handle,
                                    CK_RV invalid_rv);
-  // The instance's handle for a member object, made if it has none yet.
+  // The instance's handle for a session object, made if it has none yet.
   uint64_t MapObject(size_t member, CK_OBJECT_HANDLE member_handle, uint64_t owner_session);
+  // The instance's handle for a token object of the registry.
+  uint64_t MapLogical(uint64_t logical_id);
   void UnmapObject(uint64_t handle);
+
+  // Where to run a call on an object: a member holding it (routed for token
+  // objects) and the object's handle there. `invalid_rv` if no healthy
+  // member holds it any more.
+  absl::StatusOr<std::pair<size_t, CK_OBJECT_HANDLE>> Place(Group& group, const ObjectRef& ref,
+                                                            CK_RV invalid_rv);
+  // The handle of an object on a given member, or CK_INVALID_HANDLE.
+  CK_OBJECT_HANDLE HandleOn(Group& group, const ObjectRef& ref, size_t member);
 
  private:
   Agent& agent_;

@@ -587,7 +587,7 @@ class Loader {
     if (absl::Status s =
             ReadMap(node, path,
                     {"slot_id", "label", "serial", "model", "manufacturer",
-                     "slot_description", "members"},
+                     "slot_description", "replication", "members"},
                     &map);
         !s.ok()) {
       return s;
@@ -623,6 +623,18 @@ class Loader {
                       kSlotDescriptionLen, true, &group->slot_description);
         !s.ok()) {
       return s;
+    }
+    bool has_replication = false;
+    if (absl::Status s = GetString(map, "replication", Need::kOptional, 16, false,
+                                   &group->replication, &has_replication);
+        !s.ok()) {
+      return s;
+    }
+    if (group->replication != "wrap" && group->replication != "external" &&
+        group->replication != "none") {
+      const Entry* e = map.Find("replication");
+      return Error(e != nullptr ? e->key_mark : YAML::Mark(), map.PathOf("replication"),
+                   "must be one of wrap, external, none");
     }
     const YAML::Node* members = nullptr;
     if (absl::Status s = GetSequence(map, "members", &members); !s.ok()) {

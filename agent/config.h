@@ -51,6 +51,10 @@ struct GroupConfig {
   std::string model = "hsmux";              // at most 16 bytes
   std::string manufacturer = "hsmux";       // at most 32 bytes
   std::string slot_description = "hsmux virtual slot";  // at most 64 bytes
+  // How new keys reach every member (DESIGN §3): "wrap" (default; needs the
+  // group's replication key), "external" (the vendor's tooling copies them;
+  // the agent waits for them to appear) or "none" (one member only).
+  std::string replication = "wrap";
   std::vector<MemberConfig> members;
 };
 
@@ -72,5 +76,10 @@ struct AgentConfig {
 // readable / set), every client group naming an existing slot, pin_hash
 // parseable.
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path);
+
+// The agent's admin socket (hsmuxctl), mode 0600 in the state directory.
+inline std::string AdminSocketPath(const std::string& state_dir) {
+  return state_dir + "/admin.sock";
+}
 
 }  // namespace hsmux::agent

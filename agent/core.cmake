@@ -1,5 +1,6 @@
 # The agent's core (library, so tests can link it) and the hsmuxd binary.
 add_library(hsmux_agent_core STATIC
+  admin_service.cc
   agent.cc
   call_context.cc
   dispatch.cc
@@ -9,9 +10,12 @@ add_library(hsmux_agent_core STATIC
   handlers_token.cc
   log.cc
   member.cc
-  service.cc)
+  object_reader.cc
+  registry.cc
+  service.cc
+  writer.cc)
 target_include_directories(hsmux_agent_core PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
-target_link_libraries(hsmux_agent_core PUBLIC hsmux_wire hsmux_agent_config
+target_link_libraries(hsmux_agent_core PUBLIC hsmux_wire hsmux_agent_config OpenSSL::Crypto
   absl::synchronization absl::time Threads::Threads ${CMAKE_DL_LIBS})
 
 add_executable(hsmuxd main.cc)

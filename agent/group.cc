@@ -57,10 +57,39 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
     if (group->mechanisms_.count(t)) kept.push_back(t);
   }
   group->order_ = std::move(kept);
+  group->registry_ = std::make_unique<Registry>(group->members_.size());
+  group->writer_ = std::make_unique<Writer>(*group, *group->registry_);
   LogInfo(absl::StrCat("group ", config.label, " (slot ", config.slot_id, "): ",
                        group->members_.size(), " members, ", group->mechanisms_.size(),
                        " mechanisms"));
   return group;
+}
+
+std::optional<size_t> Group::RouteWhere(const std::function<bool(size_t)>& filter) {
+  const size_t n = members_.size();
+  const size_t start = rotate_.fetch_add(1) % n;
+  std::optional<size_t> best;
+  double best_load = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (start + k) % n;
+    Member* m = members_[i].get();
+    if (!m->healthy.load() || !filter(i)) continue;
+    const double load = static_cast<double>(m->inflight.load()) / std::max<uint32_t>(m->weight, 1);
+    if (!best.has_value() || load < best_load) {
+      best = i;
+      best_load = load;
+    }
+  }
+  return best;
+}
+
+std::optional<size_t> Group::Route(const LogicalObject& object) {
+  return RouteWhere([&](size_t i) { return object.OnMember(i); });
+}
+
+size_t Group::AnyMember() {
+  auto any = RouteWhere([](size_t) { return true; });
+  return any.value_or(0);
 }
 
 }  // namespace hsmux::agent

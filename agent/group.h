@@ -3,7 +3,10 @@
 // every member supports and the wire can carry (DESIGN §2).
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +14,8 @@
 #include "absl/status/statusor.h"
 #include "config.h"
 #include "member.h"
+#include "registry.h"
+#include "writer.h"
 #include "wire/cryptoki.h"
 
 namespace hsmux::agent {
@@ -28,9 +33,18 @@ class Group {
   const std::vector<CK_MECHANISM_TYPE>& mechanism_order() const { return order_; }
   size_t member_count() const { return members_.size(); }
   Member* member(size_t i) { return members_[i].get(); }
-  // The member that serves calls. In this release: the first one; routing
-  // and failover come with the registry (DESIGN §4-5).
-  size_t serving_member() const { return 0; }
+
+  Registry& registry() { return *registry_; }
+  Writer& writer() { return *writer_; }
+
+  // Routing (DESIGN §4): among healthy members holding the object, the one
+  // with the fewest in-flight calls per unit of weight; ties rotate so equal
+  // members share the load. nullopt if no healthy member holds it.
+  std::optional<size_t> Route(const LogicalObject& object);
+  // The same among members where `filter(i)` holds.
+  std::optional<size_t> RouteWhere(const std::function<bool(size_t)>& filter);
+  // A member for calls that need no object (random, digest, session keys).
+  size_t AnyMember();
 
  private:
   explicit Group(GroupConfig config) : config_(std::move(config)) {}
@@ -38,6 +52,9 @@ class Group {
   std::vector<std::unique_ptr<Member>> members_;
   std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO> mechanisms_;
   std::vector<CK_MECHANISM_TYPE> order_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<Writer> writer_;
+  std::atomic<uint64_t> rotate_{0};
 };
 
 }  // namespace hsmux::agent

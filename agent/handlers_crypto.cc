@@ -153,6 +153,7 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, F f, const OpSpec& spec) {
   if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   if (!s.group->mechanisms().count(mech->type())) return CKR_MECHANISM_INVALID;
+  Group& group = *s.group;
   std::optional<ObjectRef> key;
   if (spec.shape == Shape::kInit) {
     ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(2));
@@ -160,18 +161,31 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, F f, const OpSpec& spec) {
     key = ref;
   }
   ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  const int member = key.has_value() ? static_cast<int>(key->member)
-                                     : static_cast<int>(s.group->serving_member());
-  if (s.op_member >= 0 && s.op_member != member) return CKR_OPERATION_ACTIVE;
-  Member* m = s.group->member(member);
+  // The member: where the session's other operation runs (dual functions),
+  // else the routed member holding the key, else any member.
+  int member = s.op_member;
+  if (member < 0) {
+    if (key.has_value()) {
+      ASSIGN_OR_RV(auto place, ctx.Place(group, *key, CKR_KEY_HANDLE_INVALID));
+      member = static_cast<int>(place.first);
+    } else {
+      member = static_cast<int>(group.AnyMember());
+    }
+  }
+  CK_OBJECT_HANDLE key_handle = CK_INVALID_HANDLE;
+  if (key.has_value()) {
+    key_handle = ctx.HandleOn(group, *key, static_cast<size_t>(member));
+    if (key_handle == CK_INVALID_HANDLE) return CKR_OPERATION_ACTIVE;
+  }
+  Member* m = group.member(member);
   if (s.op_member < 0) {
     ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
     s.op_member = member;
     s.op_session = h;
   }
-  CK_RV rv = key.has_value()
-                 ? (m->fn()->*InitFnOf(f))(s.op_session, nm.get(), key->member_handle)
-                 : m->fn()->C_DigestInit(s.op_session, nm.get());
+  InFlight inflight(m);
+  CK_RV rv = key.has_value() ? (m->fn()->*InitFnOf(f))(s.op_session, nm.get(), key_handle)
+                             : m->fn()->C_DigestInit(s.op_session, nm.get());
   if (rv != CKR_OK) {
     if (!s.AnyActive()) EndAll(s, /*dirty=*/true);
     return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
@@ -210,6 +224,7 @@ CK_RV OperationCall(CallContext& ctx) {
     return CKR_OPERATION_ACTIVE;
   }
   Member* m = s.group->member(s.op_member);
+  InFlight inflight(m);
   CK_FUNCTION_LIST* fn = m->fn();
   const CK_SESSION_HANDLE h = s.op_session;
   CK_RV rv = CKR_OK;
@@ -257,7 +272,13 @@ CK_RV OperationCall(CallContext& ctx) {
         EndAll(s, /*dirty=*/true);
         return wire::GetCkRv(key.status());
       }
-      rv = fn->C_DigestKey(h, key->member_handle);
+      const CK_OBJECT_HANDLE key_on_member =
+          ctx.HandleOn(*s.group, *key, static_cast<size_t>(s.op_member));
+      if (key_on_member == CK_INVALID_HANDLE) {
+        EndAll(s, /*dirty=*/true);
+        return CKR_KEY_HANDLE_INVALID;
+      }
+      rv = fn->C_DigestKey(h, key_on_member);
       if (rv == CKR_OBJECT_HANDLE_INVALID) rv = CKR_KEY_HANDLE_INVALID;
       break;
     }
@@ -283,9 +304,10 @@ CK_RV OperationCall(CallContext& ctx) {
 CK_RV SeedRandom(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const std::string* seed, ctx.Bytes(1));
-  Member* m = session->group->member(session->group->serving_member());
+  Member* m = session->group->member(session->group->AnyMember());
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight inflight(m);
   std::string data = *seed;
   return m->fn()->C_SeedRandom(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size());
 }
@@ -298,9 +320,10 @@ CK_RV GenerateRandom(CallContext& ctx) {
                             cap->capacity(), " bytes refused (limit ", kMaxOutputBytes, ")"));
     return CKR_DEVICE_MEMORY;
   }
-  Member* m = session->group->member(session->group->serving_member());
+  Member* m = session->group->member(session->group->AnyMember());
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight inflight(m);
   std::string buf(cap->capacity(), '\0');
   CK_RV rv = m->fn()->C_GenerateRandom(h, reinterpret_cast<CK_BYTE_PTR>(buf.data()), buf.size());
   if (rv == CKR_OK) {

@@ -1,9 +1,11 @@
-// Object and key management on the serving member. Objects are created on
-// the member's holder session so session objects outlive pooled sessions;
-// the agent enforces R/O sessions and private-object rules itself because it
-// is always logged in to the member.
+// Object and key management. Token objects live in the group's registry and
+// are written to every member through the Writer (DESIGN §3); session
+// objects live on one member, in its holder session, so they outlive pooled
+// sessions. The agent enforces R/O sessions and private-object rules itself
+// because it is always logged in to the members.
 #include <cstring>
 #include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "agent.h"
@@ -19,6 +21,13 @@ namespace {
 std::optional<bool> WireBool(const v1::AttributeList& list, CK_ATTRIBUTE_TYPE type) {
   for (const auto& a : list.attributes()) {
     if (a.type() == type && a.value_case() == v1::Attribute::kBoolean) return a.boolean();
+  }
+  return std::nullopt;
+}
+
+std::optional<uint64_t> WireUlong(const v1::AttributeList& list, CK_ATTRIBUTE_TYPE type) {
+  for (const auto& a : list.attributes()) {
+    if (a.type() == type && a.value_case() == v1::Attribute::kUlong) return a.ulong();
   }
   return std::nullopt;
 }
@@ -39,11 +48,11 @@ CK_RV CheckNewObjectTemplate(CallContext& ctx, const ClientSession& session,
   return CKR_OK;
 }
 
-// After a member made an object with defaults we could not see in the
-// template: checks the same rules on what was made, undoes the write if they
+// After a member made a session object with defaults the template did not
+// show: checks the same rules on what was made, undoes the write if they
 // fail, and maps the new handle for the instance.
-CK_RV AdoptNewObject(CallContext& ctx, const ClientSession& session, size_t member_index,
-                     CK_OBJECT_HANDLE member_handle, uint64_t* out) {
+CK_RV AdoptSessionObject(CallContext& ctx, const ClientSession& session, size_t member_index,
+                         CK_OBJECT_HANDLE member_handle, uint64_t* out) {
   Member* m = session.group->member(member_index);
   CK_BBOOL token = CK_FALSE, priv = CK_FALSE;
   CK_ATTRIBUTE attrs[] = {{CKA_TOKEN, &token, sizeof(token)}, {CKA_PRIVATE, &priv, sizeof(priv)}};
@@ -57,8 +66,10 @@ CK_RV AdoptNewObject(CallContext& ctx, const ClientSession& session, size_t memb
     LogError(absl::StrCat("member ", m->name(), ": cannot read back a new object: ",
                           wire::CkRvName(rv)));
     refuse = CKR_DEVICE_ERROR;
-  } else if (token && !session.rw) {
-    refuse = CKR_SESSION_READ_ONLY;
+  } else if (token) {
+    // The template did not ask for a token object but the member made one:
+    // it would bypass replication.
+    refuse = CKR_TEMPLATE_INCONSISTENT;
   } else if (priv && !ctx.LoggedIn(session.slot_id)) {
     refuse = CKR_USER_NOT_LOGGED_IN;
   }
@@ -67,17 +78,85 @@ CK_RV AdoptNewObject(CallContext& ctx, const ClientSession& session, size_t memb
     m->fn()->C_DestroyObject(m->holder(), member_handle);
     return refuse;
   }
-  *out = ctx.MapObject(member_index, member_handle, token ? 0 : session.handle);
+  *out = ctx.MapObject(member_index, member_handle, session.handle);
   return CKR_OK;
 }
 
-// A member's CKR_OBJECT_HANDLE_INVALID for a key argument is, to the caller,
-// the key-specific code.
-CK_RV KeyRv(CK_RV rv, CK_RV key_rv) { return rv == CKR_OBJECT_HANDLE_INVALID ? key_rv : rv; }
+// After the Writer made token objects: private ones made before login are
+// undone (their privacy came from member defaults), the rest are mapped.
+CK_RV AdoptTokenObjects(CallContext& ctx, const ClientSession& session,
+                        const std::vector<uint64_t>& ids) {
+  Group& group = *session.group;
+  bool refuse = false;
+  for (uint64_t id : ids) {
+    auto obj = group.registry().Get(id);
+    if (obj != nullptr && obj->snapshot.is_private && !ctx.LoggedIn(session.slot_id)) {
+      refuse = true;
+    }
+  }
+  if (refuse) {
+    for (uint64_t id : ids) group.writer().Destroy(id);
+    return CKR_USER_NOT_LOGGED_IN;
+  }
+  for (uint64_t id : ids) ctx.AddUlong(ctx.MapLogical(id));
+  return CKR_OK;
+}
+
+// Session-object creation on one member's holder session.
+using SessionMake = std::function<CK_RV(Member& m, CK_SESSION_HANDLE holder,
+                                        std::vector<CK_OBJECT_HANDLE>* made)>;
+
+CK_RV MakeSessionObjects(CallContext& ctx, const ClientSession& session, size_t member,
+                         size_t count, const SessionMake& make) {
+  Member* m = session.group->member(member);
+  std::vector<CK_OBJECT_HANDLE> made(count, CK_INVALID_HANDLE);
+  CK_RV rv;
+  {
+    InFlight f(m);
+    absl::MutexLock lock(&m->holder_mutex());
+    rv = make(*m, m->holder(), &made);
+  }
+  if (rv != CKR_OK) return rv;
+  std::vector<uint64_t> out(count, 0);
+  for (size_t k = 0; k < count; ++k) {
+    rv = AdoptSessionObject(ctx, session, member, made[k], &out[k]);
+    if (rv != CKR_OK) {
+      for (size_t j = 0; j < count; ++j) {
+        if (j < k) {
+          ctx.UnmapObject(out[j]);
+        }
+        if (j != k) {
+          absl::MutexLock lock(&m->holder_mutex());
+          m->fn()->C_DestroyObject(m->holder(), made[j]);
+        }
+      }
+      return rv;
+    }
+  }
+  for (uint64_t h : out) ctx.AddUlong(h);
+  return CKR_OK;
+}
+
+CK_RV FromStatus(const absl::Status& s) { return wire::GetCkRv(s); }
+
+// Runs the Writer and maps what it made for the instance.
+CK_RV WriteTokenObjects(CallContext& ctx, const ClientSession& session, Writer::How how,
+                        size_t source, std::vector<v1::AttributeList> templates,
+                        const std::vector<bool>& is_key, const Writer::MakeFn& make) {
+  auto ids = session.group->writer().Create(how, source, std::move(templates), is_key, make);
+  if (!ids.ok()) return FromStatus(ids.status());
+  return AdoptTokenObjects(ctx, session, *ids);
+}
+
+bool IsKeyClass(std::optional<uint64_t> cls) {
+  return cls.has_value() && (*cls == CKO_SECRET_KEY || *cls == CKO_PRIVATE_KEY);
+}
 
 CK_RV CheckMechanism(const Group& group, uint64_t type) {
   return group.mechanisms().count(type) ? CKR_OK : CKR_MECHANISM_INVALID;
 }
+
+CK_RV KeyRv(CK_RV rv, CK_RV key_rv) { return rv == CKR_OBJECT_HANDLE_INVALID ? key_rv : rv; }
 
 }  // namespace
 
@@ -85,20 +164,27 @@ CK_RV CreateObject(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(1));
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
-  const size_t mi = session->group->serving_member();
-  Member* m = session->group->member(mi);
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_CreateObject(m->holder(), native.data(), native.size(), &h);
+  // Validates the template's encoding before any member sees it.
+  ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
+  (void)check;
+  Group& group = *session->group;
+  if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
+    return MakeSessionObjects(ctx, *session, group.AnyMember(), 1,
+                              [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                                auto native = wire::NativeTemplate::Decode(*tmpl);
+                                return m.fn()->C_CreateObject(h, native->data(), native->size(),
+                                                              &(*made)[0]);
+                              });
   }
-  if (rv != CKR_OK) return rv;
-  uint64_t out = 0;
-  rv = AdoptNewObject(ctx, *session, mi, h, &out);
-  if (rv == CKR_OK) ctx.AddUlong(out);
-  return rv;
+  const bool key = IsKeyClass(WireUlong(*tmpl, CKA_CLASS));
+  auto make = [](size_t, Member& m, CK_SESSION_HANDLE h, const std::vector<v1::AttributeList>& t,
+                 std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto native = wire::NativeTemplate::Decode(t[0]);
+    if (!native.ok()) return wire::GetCkRv(native.status());
+    return m.fn()->C_CreateObject(h, native->data(), native->size(), &(*made)[0]);
+  };
+  return WriteTokenObjects(ctx, *session, key ? Writer::How::kKeysByWrap : Writer::How::kReplay,
+                           group.AnyMember(), {*tmpl}, {key}, make);
 }
 
 CK_RV CopyObject(CallContext& ctx) {
@@ -107,26 +193,58 @@ CK_RV CopyObject(CallContext& ctx) {
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(2));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
-  Member* m = session->group->member(ref.member);
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_CopyObject(m->holder(), ref.member_handle, native.data(), native.size(), &h);
+  ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
+  (void)check;
+  Group& group = *session->group;
+  // The copy is a token object if the template says so, else like its source.
+  bool token = ref.logical_id != 0;
+  if (auto t = WireBool(*tmpl, CKA_TOKEN)) token = *t;
+  if (token && !session->rw) return CKR_SESSION_READ_ONLY;
+  if (!token) {
+    ASSIGN_OR_RV(auto place, ctx.Place(group, ref, CKR_OBJECT_HANDLE_INVALID));
+    return MakeSessionObjects(ctx, *session, place.first, 1,
+                              [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                                auto native = wire::NativeTemplate::Decode(*tmpl);
+                                return m.fn()->C_CopyObject(h, place.second, native->data(),
+                                                            native->size(), &(*made)[0]);
+                              });
   }
-  if (rv != CKR_OK) return rv;
-  uint64_t out = 0;
-  rv = AdoptNewObject(ctx, *session, ref.member, h, &out);
-  if (rv == CKR_OK) ctx.AddUlong(out);
-  return rv;
+  // A token copy: of a token object, replayed on every member holding it
+  // (the key value never leaves the members); of a session object (Java
+  // turns session keys into token keys this way), made where the source is
+  // and replicated like a new key.
+  auto make = [&ctx, &group, ref](size_t member, Member& m, CK_SESSION_HANDLE h,
+                                  const std::vector<v1::AttributeList>& t,
+                                  std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    const CK_OBJECT_HANDLE src = ctx.HandleOn(group, ref, member);
+    if (src == CK_INVALID_HANDLE) return CKR_DEVICE_ERROR;
+    auto native = wire::NativeTemplate::Decode(t[0]);
+    if (!native.ok()) return wire::GetCkRv(native.status());
+    return m.fn()->C_CopyObject(h, src, native->data(), native->size(), &(*made)[0]);
+  };
+  if (ref.logical_id != 0) {
+    ASSIGN_OR_RV(auto place, ctx.Place(group, ref, CKR_OBJECT_HANDLE_INVALID));
+    return WriteTokenObjects(ctx, *session, Writer::How::kReplay, place.first, {*tmpl}, {false},
+                             make);
+  }
+  return WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, ref.member, {*tmpl}, {true},
+                           make);
 }
 
 CK_RV DestroyObject(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  if (ref.owner_session == 0 && !session->rw) return CKR_SESSION_READ_ONLY;
+  if (ref.logical_id != 0) {
+    if (!session->rw) return CKR_SESSION_READ_ONLY;
+    CK_RV rv = session->group->writer().Destroy(ref.logical_id);
+    if (rv == CKR_OK || rv == CKR_OBJECT_HANDLE_INVALID) ctx.UnmapObject(handle);
+    if (rv == CKR_OK) {
+      LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
+                           "): destroyed token object on every member"));
+    }
+    return rv;
+  }
   Member* m = session->group->member(ref.member);
   CK_RV rv;
   {
@@ -134,9 +252,6 @@ CK_RV DestroyObject(CallContext& ctx) {
     rv = m->fn()->C_DestroyObject(m->holder(), ref.member_handle);
   }
   if (rv == CKR_OK || rv == CKR_OBJECT_HANDLE_INVALID) ctx.UnmapObject(handle);
-  if (rv == CKR_OK) {
-    LogInfo(absl::StrCat("instance ", ctx.instance().id, ": destroyed object on ", m->name()));
-  }
   return rv;
 }
 
@@ -144,11 +259,13 @@ CK_RV GetObjectSize(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  Member* m = session->group->member(ref.member);
+  ASSIGN_OR_RV(auto place, ctx.Place(*session->group, ref, CKR_OBJECT_HANDLE_INVALID));
+  Member* m = session->group->member(place.first);
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight f(m);
   CK_ULONG size = 0;
-  CK_RV rv = m->fn()->C_GetObjectSize(h, ref.member_handle, &size);
+  CK_RV rv = m->fn()->C_GetObjectSize(h, place.second, &size);
   if (rv == CKR_OK) ctx.AddUlong(size);
   return rv;
 }
@@ -184,6 +301,48 @@ CK_RV ReadValue(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
   return wire::GetCkRv(wire::EncodeNativeValue(a, out));
 }
 
+uint64_t AnswerLength(const v1::Attribute& a) {
+  switch (a.value_case()) {
+    case v1::Attribute::kNested:
+      return a.nested().attributes_size();
+    case v1::Attribute::kMechanisms:
+      return a.mechanisms().values_size();
+    case v1::Attribute::kBytes:
+      return a.bytes().size();
+    default:
+      return 0;  // fixed-size values: the module knows their native size
+  }
+}
+
+// Answers from the registry when every queried attribute is kept there.
+bool AnswerFromRegistry(const LogicalObject& obj, const v1::AttributeQueryList& queries,
+                        v1::AttributeAnswerList* answers) {
+  for (const auto& q : queries.queries()) {
+    if (!Cacheable(obj.snapshot.object_class, q.type()) &&
+        obj.snapshot.sensitive.count(q.type()) == 0) {
+      // A key value, or a type the registry does not read: ask a member.
+      const bool known_type = std::find(CachedTypes().begin(), CachedTypes().end(), q.type()) !=
+                              CachedTypes().end();
+      if (!known_type || q.type() == CKA_VALUE) return false;
+    }
+  }
+  for (const auto& q : queries.queries()) {
+    v1::AttributeAnswer* ans = answers->add_answers();
+    if (obj.snapshot.sensitive.count(q.type())) {
+      ans->set_status(v1::AttributeAnswer::SENSITIVE);
+      continue;
+    }
+    const v1::Attribute* have = FindAttribute(obj.snapshot.attributes, q.type());
+    if (have == nullptr) {
+      ans->set_status(v1::AttributeAnswer::TYPE_INVALID);
+      continue;
+    }
+    ans->set_length(AnswerLength(*have));
+    if (q.want_value()) *ans->mutable_value() = *have;
+  }
+  return true;
+}
+
 }  // namespace
 
 CK_RV GetAttributeValue(CallContext& ctx) {
@@ -191,14 +350,27 @@ CK_RV GetAttributeValue(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
   ASSIGN_OR_RV(const v1::AttributeQueryList* queries, ctx.Queries(2));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  Member* m = session->group->member(ref.member);
+  std::shared_ptr<const LogicalObject> logical;
+  if (ref.logical_id != 0) {
+    logical = session->group->registry().Get(ref.logical_id);
+    if (logical == nullptr) return CKR_OBJECT_HANDLE_INVALID;
+    v1::AttributeAnswerList answers;
+    if (AnswerFromRegistry(*logical, *queries, &answers)) {
+      *ctx.AddResult()->mutable_answers() = std::move(answers);
+      return CKR_OK;
+    }
+  }
+  ASSIGN_OR_RV(auto place, ctx.Place(*session->group, ref, CKR_OBJECT_HANDLE_INVALID));
+  Member* m = session->group->member(place.first);
+  const CK_OBJECT_HANDLE obj = place.second;
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight f(m);
   const int n = queries->queries_size();
   // Pass 1: lengths and availability of every attribute.
   std::vector<CK_ATTRIBUTE> probe(n);
   for (int i = 0; i < n; ++i) probe[i] = {queries->queries(i).type(), nullptr, 0};
-  CK_RV rv = m->fn()->C_GetAttributeValue(h, ref.member_handle, probe.data(), n);
+  CK_RV rv = m->fn()->C_GetAttributeValue(h, obj, probe.data(), n);
   if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID) {
     return rv;
   }
@@ -209,10 +381,19 @@ CK_RV GetAttributeValue(CallContext& ctx) {
     if (probe[i].ulValueLen == CK_UNAVAILABLE_INFORMATION) {
       // Which of the two reasons: ask for this attribute alone.
       CK_ATTRIBUTE one = {q.type(), nullptr, 0};
-      CK_RV why = m->fn()->C_GetAttributeValue(h, ref.member_handle, &one, 1);
+      CK_RV why = m->fn()->C_GetAttributeValue(h, obj, &one, 1);
       ans->set_status(why == CKR_ATTRIBUTE_SENSITIVE ? v1::AttributeAnswer::SENSITIVE
                                                      : v1::AttributeAnswer::TYPE_INVALID);
       continue;
+    }
+    // Values that differ between replicas by how they were made: the
+    // registry's weakest value.
+    if (logical != nullptr && Cacheable(logical->snapshot.object_class, q.type())) {
+      if (const v1::Attribute* have = FindAttribute(logical->snapshot.attributes, q.type())) {
+        ans->set_length(AnswerLength(*have));
+        if (q.want_value()) *ans->mutable_value() = *have;
+        continue;
+      }
     }
     const wire::AttributeKind kind = wire::KindOf(q.type());
     if (kind == wire::AttributeKind::kTemplate) {
@@ -223,8 +404,7 @@ CK_RV GetAttributeValue(CallContext& ctx) {
       ans->set_length(probe[i].ulValueLen);
     }
     if (!q.want_value()) continue;
-    CK_RV vrv = ReadValue(m->fn(), h, ref.member_handle, q.type(), probe[i].ulValueLen,
-                          ans->mutable_value());
+    CK_RV vrv = ReadValue(m->fn(), h, obj, q.type(), probe[i].ulValueLen, ans->mutable_value());
     if (vrv == CKR_ATTRIBUTE_SENSITIVE) {
       ans->set_status(v1::AttributeAnswer::SENSITIVE);
       ans->clear_value();
@@ -240,8 +420,11 @@ CK_RV SetAttributeValue(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(2));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  if (ref.owner_session == 0 && !session->rw) return CKR_SESSION_READ_ONLY;
   ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
+  if (ref.logical_id != 0) {
+    if (!session->rw) return CKR_SESSION_READ_ONLY;
+    return session->group->writer().SetAttributes(ref.logical_id, *tmpl);
+  }
   Member* m = session->group->member(ref.member);
   absl::MutexLock lock(&m->holder_mutex());
   return m->fn()->C_SetAttributeValue(m->holder(), ref.member_handle, native.data(),
@@ -255,6 +438,7 @@ CK_RV SearchMember(Member* m, const v1::AttributeList& tmpl, std::vector<CK_OBJE
   ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(tmpl));
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight f(m);
   CK_RV rv = m->fn()->C_FindObjectsInit(h, native.data(), native.size());
   if (rv != CKR_OK) return rv;
   CK_OBJECT_HANDLE batch[256];
@@ -272,6 +456,37 @@ CK_RV SearchMember(Member* m, const v1::AttributeList& tmpl, std::vector<CK_OBJE
   return rv;
 }
 
+// Token objects matching a template: from the registry, or — when the
+// template names something the registry does not keep — from a member's
+// search, keeping only objects the registry knows (never the replication
+// key or an object being written).
+CK_RV FindTokenObjects(Group& group, const v1::AttributeList& tmpl, bool logged_in,
+                       std::vector<uint64_t>* ids) {
+  auto matched = group.registry().Match(tmpl);
+  if (!matched.has_value()) {
+    const size_t mi = group.AnyMember();
+    v1::AttributeList t = tmpl;
+    AddWireBool(t, CKA_TOKEN, true);
+    std::vector<CK_OBJECT_HANDLE> found;
+    if (CK_RV rv = SearchMember(group.member(mi), t, &found); rv != CKR_OK) return rv;
+    std::vector<uint64_t> out;
+    for (const auto& obj : group.registry().All()) {
+      if (!obj->OnMember(mi)) continue;
+      if (std::find(found.begin(), found.end(), obj->handles[mi]) != found.end()) {
+        out.push_back(obj->id);
+      }
+    }
+    matched = std::move(out);
+  }
+  for (uint64_t id : *matched) {
+    auto obj = group.registry().Get(id);
+    if (obj == nullptr) continue;
+    if (!logged_in && obj->snapshot.is_private) continue;
+    ids->push_back(id);
+  }
+  return CKR_OK;
+}
+
 }  // namespace
 
 CK_RV FindObjectsInit(CallContext& ctx) {
@@ -284,35 +499,38 @@ CK_RV FindObjectsInit(CallContext& ctx) {
   ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(tmpl));
   (void)check;
   std::vector<uint64_t> results;
+  const bool logged_in = ctx.LoggedIn(session->slot_id);
   bool none = false;
-  if (!ctx.LoggedIn(session->slot_id)) {
+  if (!logged_in) {
+    // Before login, private objects are invisible.
     auto priv = WireBool(tmpl, CKA_PRIVATE);
     if (priv.value_or(false)) none = true;
-    if (!priv.has_value()) AddWireBool(tmpl, CKA_PRIVATE, false);
   }
-  if (!none) {
-    const size_t mi = session->group->serving_member();
-    Member* m = session->group->member(mi);
-    const auto token = WireBool(tmpl, CKA_TOKEN);
-    if (!token.has_value() || *token) {
-      v1::AttributeList t = tmpl;
-      if (!token.has_value()) AddWireBool(t, CKA_TOKEN, true);
-      std::vector<CK_OBJECT_HANDLE> found;
-      if (CK_RV rv = SearchMember(m, t, &found); rv != CKR_OK) return rv;
-      for (CK_OBJECT_HANDLE h : found) results.push_back(ctx.MapObject(mi, h, 0));
+  Group& group = *session->group;
+  const auto token = WireBool(tmpl, CKA_TOKEN);
+  if (!none && (!token.has_value() || *token)) {
+    std::vector<uint64_t> ids;
+    if (CK_RV rv = FindTokenObjects(group, tmpl, logged_in, &ids); rv != CKR_OK) return rv;
+    for (uint64_t id : ids) results.push_back(ctx.MapLogical(id));
+  }
+  if (!none && (!token.has_value() || !*token)) {
+    // Session objects: each member shows the agent's, of every client; only
+    // this instance's own are visible to it.
+    std::set<size_t> members;
+    {
+      absl::MutexLock lock(&ctx.instance().mu);
+      for (auto& [key, h] : ctx.instance().object_index) members.insert(key.first);
     }
-    if (!token.has_value() || !*token) {
-      // Session objects: the member shows the agent's, of every client;
-      // only this instance's own are visible to it.
-      v1::AttributeList t = tmpl;
-      if (!token.has_value()) AddWireBool(t, CKA_TOKEN, false);
+    v1::AttributeList t = tmpl;
+    if (!token.has_value()) AddWireBool(t, CKA_TOKEN, false);
+    if (!logged_in && !WireBool(t, CKA_PRIVATE).has_value()) AddWireBool(t, CKA_PRIVATE, false);
+    for (size_t mi : members) {
       std::vector<CK_OBJECT_HANDLE> found;
-      if (CK_RV rv = SearchMember(m, t, &found); rv != CKR_OK) return rv;
+      if (CK_RV rv = SearchMember(group.member(mi), t, &found); rv != CKR_OK) return rv;
       absl::MutexLock lock(&ctx.instance().mu);
       for (CK_OBJECT_HANDLE h : found) {
         auto it = ctx.instance().object_index.find({mi, h});
         if (it == ctx.instance().object_index.end()) continue;
-        if (ctx.instance().objects[it->second].owner_session == 0) continue;
         results.push_back(it->second);
       }
     }
@@ -350,25 +568,34 @@ CK_RV GenerateKey(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(2));
-  if (CK_RV rv = CheckMechanism(*session->group, mech->type()); rv != CKR_OK) return rv;
+  Group& group = *session->group;
+  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
-  const size_t mi = session->group->serving_member();
-  Member* m = session->group->member(mi);
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));
+  ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
+  (void)check_mech;
+  (void)check;
+  auto make = [mech](size_t, Member& m, CK_SESSION_HANDLE h,
+                     const std::vector<v1::AttributeList>& t,
+                     std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto nm = wire::NativeMechanism::Decode(*mech);
+    auto native = wire::NativeTemplate::Decode(t[0]);
+    if (!nm.ok() || !native.ok()) return CKR_GENERAL_ERROR;
+    return m.fn()->C_GenerateKey(h, nm->get(), native->data(), native->size(), &(*made)[0]);
+  };
   CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_GenerateKey(m->holder(), nm.get(), native.data(), native.size(), &h);
+  if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
+    rv = MakeSessionObjects(ctx, *session, group.AnyMember(), 1,
+                            [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                              return make(0, m, h, {*tmpl}, made);
+                            });
+  } else {
+    rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(), {*tmpl},
+                           {true}, make);
   }
-  if (rv != CKR_OK) return rv;
-  uint64_t out = 0;
-  rv = AdoptNewObject(ctx, *session, mi, h, &out);
   if (rv == CKR_OK) {
-    ctx.AddUlong(out);
-    LogInfo(absl::StrCat("instance ", ctx.instance().id, ": generated key with ",
-                         wire::MechanismName(mech->type()), " on ", m->name()));
+    LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
+                         "): generated a key with ", wire::MechanismName(mech->type())));
   }
   return rv;
 }
@@ -378,41 +605,44 @@ CK_RV GenerateKeyPair(CallContext& ctx) {
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   ASSIGN_OR_RV(const v1::AttributeList* pub_tmpl, ctx.Attributes(2));
   ASSIGN_OR_RV(const v1::AttributeList* priv_tmpl, ctx.Attributes(3));
-  if (CK_RV rv = CheckMechanism(*session->group, mech->type()); rv != CKR_OK) return rv;
+  Group& group = *session->group;
+  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *pub_tmpl); rv != CKR_OK) return rv;
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *priv_tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  ASSIGN_OR_RV(wire::NativeTemplate pub, wire::NativeTemplate::Decode(*pub_tmpl));
-  ASSIGN_OR_RV(wire::NativeTemplate priv, wire::NativeTemplate::Decode(*priv_tmpl));
-  const size_t mi = session->group->serving_member();
-  Member* m = session->group->member(mi);
-  CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+  ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));
+  (void)check_mech;
+  const bool pub_token = WireBool(*pub_tmpl, CKA_TOKEN).value_or(false);
+  const bool priv_token = WireBool(*priv_tmpl, CKA_TOKEN).value_or(false);
+  if (pub_token != priv_token) {
+    // One half on every member and the other on one: not a pair any more.
+    LogWarning("C_GenerateKeyPair with one token and one session half refused");
+    return CKR_TEMPLATE_INCONSISTENT;
+  }
+  auto make = [mech](size_t, Member& m, CK_SESSION_HANDLE h,
+                     const std::vector<v1::AttributeList>& t,
+                     std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto nm = wire::NativeMechanism::Decode(*mech);
+    auto pub = wire::NativeTemplate::Decode(t[0]);
+    auto priv = wire::NativeTemplate::Decode(t[1]);
+    if (!nm.ok() || !pub.ok() || !priv.ok()) return CKR_TEMPLATE_INCONSISTENT;
+    return m.fn()->C_GenerateKeyPair(h, nm->get(), pub->data(), pub->size(), priv->data(),
+                                     priv->size(), &(*made)[0], &(*made)[1]);
+  };
   CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_GenerateKeyPair(m->holder(), nm.get(), pub.data(), pub.size(), priv.data(),
-                                    priv.size(), &hpub, &hpriv);
+  if (!pub_token) {
+    rv = MakeSessionObjects(ctx, *session, group.AnyMember(), 2,
+                            [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                              return make(0, m, h, {*pub_tmpl, *priv_tmpl}, made);
+                            });
+  } else {
+    rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(),
+                           {*pub_tmpl, *priv_tmpl}, {false, true}, make);
   }
-  if (rv != CKR_OK) return rv;
-  uint64_t out_pub = 0, out_priv = 0;
-  rv = AdoptNewObject(ctx, *session, mi, hpub, &out_pub);
-  if (rv != CKR_OK) {
-    absl::MutexLock lock(&m->holder_mutex());
-    m->fn()->C_DestroyObject(m->holder(), hpriv);
-    return rv;
+  if (rv == CKR_OK) {
+    LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
+                         "): generated a key pair with ", wire::MechanismName(mech->type())));
   }
-  rv = AdoptNewObject(ctx, *session, mi, hpriv, &out_priv);
-  if (rv != CKR_OK) {
-    ctx.UnmapObject(out_pub);
-    absl::MutexLock lock(&m->holder_mutex());
-    m->fn()->C_DestroyObject(m->holder(), hpub);
-    return rv;
-  }
-  ctx.AddUlong(out_pub);
-  ctx.AddUlong(out_priv);
-  LogInfo(absl::StrCat("instance ", ctx.instance().id, ": generated key pair with ",
-                       wire::MechanismName(mech->type()), " on ", m->name()));
-  return CKR_OK;
+  return rv;
 }
 
 CK_RV WrapKey(CallContext& ctx) {
@@ -421,74 +651,89 @@ CK_RV WrapKey(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t wrapping, ctx.Ulong(2));
   ASSIGN_OR_RV(uint64_t key, ctx.Ulong(3));
   ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(4));
-  if (CK_RV rv = CheckMechanism(*session->group, mech->type()); rv != CKR_OK) return rv;
+  Group& group = *session->group;
+  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
   ASSIGN_OR_RV(ObjectRef wref, ctx.Object(*session, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID));
   ASSIGN_OR_RV(ObjectRef kref, ctx.Object(*session, key, CKR_KEY_HANDLE_INVALID));
   ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  Member* m = session->group->member(wref.member);
+  // A member holding both keys.
+  auto member = group.RouteWhere([&](size_t i) {
+    return ctx.HandleOn(group, wref, i) != CK_INVALID_HANDLE &&
+           ctx.HandleOn(group, kref, i) != CK_INVALID_HANDLE;
+  });
+  if (!member.has_value()) return CKR_DEVICE_ERROR;
+  Member* m = group.member(*member);
   ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
   PooledSession ps(m, h);
+  InFlight f(m);
   OutputBuffer out(*cap);
-  CK_RV rv = m->fn()->C_WrapKey(h, nm.get(), wref.member_handle, kref.member_handle, out.ptr(),
-                                out.len());
+  CK_RV rv = m->fn()->C_WrapKey(h, nm.get(), ctx.HandleOn(group, wref, *member),
+                                ctx.HandleOn(group, kref, *member), out.ptr(), out.len());
   if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) ps.MarkDirty();
   if (rv == CKR_OBJECT_HANDLE_INVALID) rv = CKR_KEY_HANDLE_INVALID;
   if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
   return rv;
 }
 
-CK_RV UnwrapKey(CallContext& ctx) {
+// C_UnwrapKey and C_DeriveKey: a new key from a key the caller names.
+CK_RV NewKeyFromKey(CallContext& ctx, const v1::Mechanism* mech, uint64_t base, CK_RV invalid_rv,
+                    const v1::AttributeList* tmpl,
+                    const std::function<CK_RV(Member&, CK_SESSION_HANDLE, wire::NativeMechanism&,
+                                              CK_OBJECT_HANDLE base, wire::NativeTemplate&,
+                                              CK_OBJECT_HANDLE*)>& call) {
   ASSIGN_OR_RV(auto session, ctx.Session());
+  Group& group = *session->group;
+  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
+  ASSIGN_OR_RV(ObjectRef bref, ctx.Object(*session, base, invalid_rv));
+  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
+  ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));
+  ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
+  (void)check_mech;
+  (void)check;
+  ASSIGN_OR_RV(auto place, ctx.Place(group, bref, invalid_rv));
+  auto make = [&](size_t member, Member& m, CK_SESSION_HANDLE h,
+                  const std::vector<v1::AttributeList>& t,
+                  std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto nm = wire::NativeMechanism::Decode(*mech);
+    auto native = wire::NativeTemplate::Decode(t[0]);
+    if (!nm.ok() || !native.ok()) return CKR_GENERAL_ERROR;
+    CK_RV rv = call(m, h, *nm, ctx.HandleOn(group, bref, member), *native, &(*made)[0]);
+    return KeyRv(rv, invalid_rv);
+  };
+  if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
+    return MakeSessionObjects(ctx, *session, place.first, 1,
+                              [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                                return make(place.first, m, h, {*tmpl}, made);
+                              });
+  }
+  return WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, place.first, {*tmpl}, {true},
+                           make);
+}
+
+CK_RV UnwrapKey(CallContext& ctx) {
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   ASSIGN_OR_RV(uint64_t unwrapping, ctx.Ulong(2));
   ASSIGN_OR_RV(const std::string* wrapped, ctx.Bytes(3));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(4));
-  if (CK_RV rv = CheckMechanism(*session->group, mech->type()); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(ObjectRef uref,
-               ctx.Object(*session, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID));
-  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
-  Member* m = session->group->member(uref.member);
   std::string blob = *wrapped;
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_UnwrapKey(m->holder(), nm.get(), uref.member_handle,
-                              reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
-                              native.data(), native.size(), &h);
-  }
-  if (rv != CKR_OK) return KeyRv(rv, CKR_UNWRAPPING_KEY_HANDLE_INVALID);
-  uint64_t out = 0;
-  rv = AdoptNewObject(ctx, *session, uref.member, h, &out);
-  if (rv == CKR_OK) ctx.AddUlong(out);
-  return rv;
+  return NewKeyFromKey(ctx, mech, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID, tmpl,
+                       [&](Member& m, CK_SESSION_HANDLE h, wire::NativeMechanism& nm,
+                           CK_OBJECT_HANDLE base, wire::NativeTemplate& t, CK_OBJECT_HANDLE* out) {
+                         return m.fn()->C_UnwrapKey(h, nm.get(), base,
+                                                    reinterpret_cast<CK_BYTE_PTR>(blob.data()),
+                                                    blob.size(), t.data(), t.size(), out);
+                       });
 }
 
 CK_RV DeriveKey(CallContext& ctx) {
-  ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   ASSIGN_OR_RV(uint64_t base, ctx.Ulong(2));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(3));
-  if (CK_RV rv = CheckMechanism(*session->group, mech->type()); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(ObjectRef bref, ctx.Object(*session, base, CKR_KEY_HANDLE_INVALID));
-  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
-  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(*tmpl));
-  Member* m = session->group->member(bref.member);
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv;
-  {
-    absl::MutexLock lock(&m->holder_mutex());
-    rv = m->fn()->C_DeriveKey(m->holder(), nm.get(), bref.member_handle, native.data(),
-                              native.size(), &h);
-  }
-  if (rv != CKR_OK) return KeyRv(rv, CKR_KEY_HANDLE_INVALID);
-  uint64_t out = 0;
-  rv = AdoptNewObject(ctx, *session, bref.member, h, &out);
-  if (rv == CKR_OK) ctx.AddUlong(out);
-  return rv;
+  return NewKeyFromKey(ctx, mech, base, CKR_KEY_HANDLE_INVALID, tmpl,
+                       [](Member& m, CK_SESSION_HANDLE h, wire::NativeMechanism& nm,
+                          CK_OBJECT_HANDLE b, wire::NativeTemplate& t, CK_OBJECT_HANDLE* out) {
+                         return m.fn()->C_DeriveKey(h, nm.get(), b, t.data(), t.size(), out);
+                       });
 }
 
 }  // namespace hsmux::agent

@@ -2,6 +2,8 @@
 //
 //   hsmuxctl hash-pin [--pin-file F]   hash a client PIN for the config
 //   hsmuxctl check-config [--config F] validate an agent config
+//   hsmuxctl status [--socket P|--config F]              the running agent
+//   hsmuxctl create-replication-key [--slot N] [--socket P|--config F]
 //
 // Exit codes: 0 success, 1 the operation failed, 2 usage error.
 #include <openssl/crypto.h>
@@ -21,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "config.h"
+#include "hsmuxctl_admin.h"
 #include "pin_hash.h"
 
 namespace hsmux::agent {
@@ -43,6 +46,12 @@ constexpr char kUsage[] =
     "      Load and validate an agent config (default\n"
     "      /etc/hsmux/hsmuxd.yaml). Prints a summary, or the error with file\n"
     "      and line (exit 1).\n"
+    "  status [--socket PATH | --config FILE]\n"
+    "      Show the running agent's groups, members and sessions (over its\n"
+    "      admin socket, <state_dir>/admin.sock).\n"
+    "  create-replication-key [--slot N] [--socket PATH | --config FILE]\n"
+    "      Create the group's replication key (AES-256, non-extractable,\n"
+    "      the same on every member); every group if --slot is not given.\n"
     "  help, --help, -h\n"
     "      Show this text.\n";
 
@@ -222,6 +231,9 @@ int Main(int argc, char** argv) {
   }
   if (command == "hash-pin") return HashPinCommand(args);
   if (command == "check-config") return CheckConfigCommand(args);
+  if (command == "status" || command == "create-replication-key") {
+    return AdminCommand(command, args);
+  }
   return Usage("unknown command '" + std::string(command) + "'");
 }
 

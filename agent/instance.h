@@ -22,11 +22,13 @@ namespace hsmux::agent {
 
 class Group;
 
-// An object as one instance sees it.
+// An object as one instance sees it: a token object of the group's registry
+// (logical_id != 0), or a session object on one member.
 struct ObjectRef {
-  size_t member = 0;                             // index in the group
+  uint64_t logical_id = 0;                       // token objects
+  size_t member = 0;                             // session objects: where it lives
   CK_OBJECT_HANDLE member_handle = CK_INVALID_HANDLE;
-  uint64_t owner_session = 0;                    // 0: a token object
+  uint64_t owner_session = 0;                    // session objects: the owner
   int is_private = -1;                           // -1: not read yet
 };
 
@@ -72,7 +74,9 @@ struct Instance {
   std::map<uint64_t, std::shared_ptr<ClientSession>> sessions ABSL_GUARDED_BY(mu);
   std::set<uint64_t> logged_in_slots ABSL_GUARDED_BY(mu);
   std::map<uint64_t, ObjectRef> objects ABSL_GUARDED_BY(mu);
+  // Session objects by (member, member handle); token objects by logical id.
   std::map<std::pair<size_t, CK_OBJECT_HANDLE>, uint64_t> object_index ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, uint64_t> logical_index ABSL_GUARDED_BY(mu);
 };
 
 // Random handles in [1, 2^31): never 0, below 2^32 (Windows CK_ULONG), and

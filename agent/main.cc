@@ -2,6 +2,8 @@
 // tokens over mTLS until SIGTERM/SIGINT.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -13,6 +15,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "admin_service.h"
 #include "agent.h"
 #include "config.h"
 #include "log.h"
@@ -51,6 +54,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string listen = config->listen;
+  const std::string admin_socket = AdminSocketPath(config->state_dir);
   const TlsConfig tls = config->tls;
   auto agent = Agent::Start(std::move(*config));
   if (!agent.ok()) {
@@ -79,6 +83,20 @@ int main(int argc, char** argv) {
     LogError(absl::StrCat("cannot listen on ", listen));
     return 1;
   }
+  // The admin socket: only the service user may open it.
+  AdminService admin(**agent);
+  ::unlink(admin_socket.c_str());
+  grpc::ServerBuilder admin_builder;
+  admin_builder.AddListeningPort("unix:" + admin_socket, grpc::InsecureServerCredentials());
+  admin_builder.RegisterService(&admin);
+  const mode_t old_umask = ::umask(0077);
+  std::unique_ptr<grpc::Server> admin_server = admin_builder.BuildAndStart();
+  ::umask(old_umask);
+  if (admin_server == nullptr) {
+    LogError(absl::StrCat("cannot open the admin socket ", admin_socket));
+    return 1;
+  }
+  ::chmod(admin_socket.c_str(), 0600);
   std::fprintf(stderr, "hsmuxd: serving on %s\n", listen.c_str());
   std::fflush(stderr);
 
@@ -95,6 +113,8 @@ int main(int argc, char** argv) {
   LogInfo(absl::StrCat("signal ", sig, ": shutting down"));
   stopping = true;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  admin_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  ::unlink(admin_socket.c_str());
   reaper.join();
   return 0;
 }

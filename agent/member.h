@@ -5,6 +5,7 @@
 // that session objects survive pool recycling, DESIGN §3).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -58,6 +59,12 @@ class Member {
   CK_SESSION_HANDLE holder() const { return holder_; }
   absl::Mutex& holder_mutex() { return holder_mu_; }
 
+  // Load and health, read by routing and reported by hsmuxctl/metrics.
+  std::atomic<int> inflight{0};
+  std::atomic<uint64_t> calls{0};
+  std::atomic<bool> healthy{true};
+  uint32_t weight = 1;
+
   // The member's mechanisms and their info, in the member's own order.
   absl::StatusOr<std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>> Mechanisms() const;
 
@@ -74,6 +81,21 @@ class Member {
   absl::Mutex pool_mu_;
   std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(pool_mu_);
   static constexpr size_t kMaxIdle = 16;
+};
+
+// Counts one call to a member while it runs (routing reads `inflight`).
+class InFlight {
+ public:
+  explicit InFlight(Member* m) : m_(m) {
+    m_->inflight.fetch_add(1);
+    m_->calls.fetch_add(1);
+  }
+  ~InFlight() { m_->inflight.fetch_sub(1); }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  Member* m_;
 };
 
 // Scoped lease of a pooled session.

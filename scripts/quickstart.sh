@@ -162,6 +162,9 @@ until grep -q '^hsmuxd: serving on ' "$AGENT_LOG" 2>/dev/null; do
 done
 grep -m1 '^hsmuxd: serving on ' "$AGENT_LOG"
 
+step "create the group's replication key (hsmuxctl create-replication-key)"
+"$(dirname "$HSMUXD")/hsmuxctl" create-replication-key --config "$WORK/hsmuxd.yaml"
+
 # --- pkcs11-tool against the virtual token -------------------------------------------------------
 export HSMUX_CONFIG="$WORK/module.yaml"
 PIN_FILE="$WORK/secrets/client-pin"

@@ -33,7 +33,10 @@ class NativeTemplate {
   // nesting (more than 4 levels).
   static absl::StatusOr<NativeTemplate> Decode(const v1::AttributeList& in);
 
-  CK_ATTRIBUTE* data() { return attrs_.empty() ? nullptr : attrs_.data(); }
+  // Never NULL, even when empty: SoftHSM refuses a NULL template with a zero
+  // count (C_CopyObject, C_CreateObject answer CKR_ARGUMENTS_BAD), which the
+  // caller's valid empty template must not turn into.
+  CK_ATTRIBUTE* data() { return attrs_.empty() ? &empty_ : attrs_.data(); }
   CK_ULONG size() const { return static_cast<CK_ULONG>(attrs_.size()); }
 
   NativeTemplate() = default;
@@ -42,6 +45,7 @@ class NativeTemplate {
 
  private:
   std::vector<CK_ATTRIBUTE> attrs_;
+  CK_ATTRIBUTE empty_{};  // what data() points to when there are no attributes
   // Owned value storage; std::deque keeps element addresses stable.
   std::deque<std::string> bytes_;
   std::deque<CK_ULONG> ulongs_;

@@ -47,6 +47,9 @@ for _ in $(seq 1 300); do
 done
 grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" || { echo "hsmuxd not ready" >&2; cat "$WORK/hsmuxd.log" >&2; exit 1; }
 
+# Key replication needs the group's replication key (DESIGN §3).
+"$BUILD/agent/hsmuxctl" create-replication-key --config "$WORK/hsmuxd.yaml" >/dev/null
+
 export HSMUX_CONFIG="$WORK/module.yaml" HSMUX_TEST_DIR="$WORK" HSMUX_AGENT_PORT="$PORT"
 export HSMUX_MODULE="$BUILD/module/libhsmux-pkcs11.so" HSMUX_AGENT_PID="$AGENT"
 set +e

@@ -1,0 +1,141 @@
+#include "hsmuxctl_admin.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <iostream>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "config.h"
+#include "hsmux/v1/admin.grpc.pb.h"
+
+namespace hsmux::agent {
+namespace {
+
+struct AdminOptions {
+  std::string socket;
+  std::string config = "/etc/hsmux/hsmuxd.yaml";
+  bool has_slot = false;
+  uint64_t slot = 0;
+};
+
+bool Parse(const std::vector<std::string_view>& args, AdminOptions* o) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string_view a = args[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= args.size()) return false;
+      *out = std::string(args[++i]);
+      return true;
+    };
+    std::string v;
+    if (a == "--socket") {
+      if (!value(&o->socket)) return false;
+    } else if (a == "--config") {
+      if (!value(&o->config)) return false;
+    } else if (a == "--slot") {
+      if (!value(&v) || !absl::SimpleAtoi(v, &o->slot)) return false;
+      o->has_slot = true;
+    } else {
+      std::cerr << "hsmuxctl: unknown option '" << a << "'\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+std::unique_ptr<v1::Admin::Stub> Connect(AdminOptions& o) {
+  if (o.socket.empty()) {
+    auto config = LoadAgentConfig(o.config);
+    if (!config.ok()) {
+      std::cerr << "hsmuxctl: " << config.status().message() << "\n";
+      return nullptr;
+    }
+    o.socket = AdminSocketPath(config->state_dir);
+  }
+  auto channel = grpc::CreateChannel("unix:" + o.socket, grpc::InsecureChannelCredentials());
+  return v1::Admin::NewStub(channel);
+}
+
+void Deadline(grpc::ClientContext* ctx, int seconds) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+int Status(AdminOptions& o) {
+  auto stub = Connect(o);
+  if (stub == nullptr) return 1;
+  grpc::ClientContext ctx;
+  Deadline(&ctx, 10);
+  v1::StatusResponse resp;
+  grpc::Status st = stub->Status(&ctx, v1::StatusRequest(), &resp);
+  if (!st.ok()) {
+    std::cerr << "hsmuxctl status: agent at " << o.socket << ": " << st.error_message() << "\n";
+    return 1;
+  }
+  std::cout << "instances: " << resp.instances() << ", client sessions: " << resp.sessions()
+            << "\n";
+  for (const auto& g : resp.groups()) {
+    std::cout << "group " << g.label() << " (slot " << g.slot_id() << ", replication "
+              << g.replication() << "): " << g.objects() << " objects, " << g.merged()
+              << " on several members, " << g.unproven() << " unproven, " << g.ambiguous()
+              << " ambiguous\n";
+    for (const auto& m : g.members()) {
+      std::cout << "  member " << m.name() << ": " << (m.healthy() ? "healthy" : "OUT")
+                << ", calls " << m.calls() << ", in flight " << m.inflight()
+                << ", replication key " << (m.has_replication_key() ? "yes" : "no") << "\n";
+    }
+    for (const auto& n : g.notes()) std::cout << "  note: " << n << "\n";
+  }
+  return 0;
+}
+
+int CreateReplicationKey(AdminOptions& o) {
+  auto stub = Connect(o);
+  if (stub == nullptr) return 1;
+  std::vector<uint64_t> slots;
+  if (o.has_slot) {
+    slots.push_back(o.slot);
+  } else {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 10);
+    v1::StatusResponse resp;
+    grpc::Status st = stub->Status(&ctx, v1::StatusRequest(), &resp);
+    if (!st.ok()) {
+      std::cerr << "hsmuxctl: agent at " << o.socket << ": " << st.error_message() << "\n";
+      return 1;
+    }
+    for (const auto& g : resp.groups()) slots.push_back(g.slot_id());
+  }
+  int rc = 0;
+  for (uint64_t slot : slots) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 60);
+    v1::CreateReplicationKeyRequest req;
+    req.set_slot_id(slot);
+    v1::CreateReplicationKeyResponse resp;
+    grpc::Status st = stub->CreateReplicationKey(&ctx, req, &resp);
+    if (st.ok()) {
+      std::cout << "slot " << slot << ": replication key created on every member\n";
+    } else {
+      std::cerr << "hsmuxctl create-replication-key: slot " << slot << ": "
+                << st.error_message() << "\n";
+      rc = 1;
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+int AdminCommand(std::string_view command, const std::vector<std::string_view>& args) {
+  AdminOptions o;
+  if (!Parse(args, &o)) {
+    std::cerr << "usage: hsmuxctl " << command
+              << " [--socket PATH | --config FILE] [--slot N]\n";
+    return 2;
+  }
+  if (command == "status") return Status(o);
+  return CreateReplicationKey(o);
+}
+
+}  // namespace hsmux::agent

@@ -1,0 +1,81 @@
+// Every write to a group's token objects goes through the Writer, which makes
+// it reach every member (DESIGN §3):
+//  - public objects (certificates, data objects, public keys made by
+//    C_CreateObject, and every C_CopyObject) by replaying the call on each
+//    member;
+//  - keys made by C_GenerateKey(Pair), C_CreateObject, C_UnwrapKey or
+//    C_DeriveKey under the `wrap` policy by making them extractable on one
+//    member, wrapping them there under the group's replication key, unwrapping
+//    them on the others with the same attributes, then sealing them
+//    (CKA_EXTRACTABLE=false) unless the caller asked for an extractable key;
+//    the public half of a generated pair is copied attribute by attribute.
+// While a write is under way its objects carry a pending label, so clients
+// cannot see them and a crash leaves them recognisable; the journal records
+// the write before it is acknowledged.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsmux/v1/cryptoki.pb.h"
+#include "registry.h"
+#include "state_store.h"
+
+namespace hsmux::agent {
+
+class Group;
+
+class Writer {
+ public:
+  Writer(Group& group, Registry& registry) : group_(group), registry_(registry) {}
+  void set_store(StateStore* store) { store_ = store; }
+
+  // Runs the creating call on one member's holder session with the
+  // (adjusted) templates, writing the new member handles in template order.
+  using MakeFn = std::function<CK_RV(size_t member, Member& m, CK_SESSION_HANDLE holder,
+                                     const std::vector<v1::AttributeList>& templates,
+                                     std::vector<CK_OBJECT_HANDLE>* made)>;
+
+  enum class How {
+    kReplay,      // run `make` on every member (public objects, copies)
+    kKeysByWrap,  // run `make` on `source`, replicate keys by wrapping
+  };
+
+  // The templates are the caller's; `is_key[i]` says whether templates[i]
+  // makes a secret or private key. Returns the new logical objects in
+  // template order, or the CK_RV to answer (a member's refusal on the first
+  // member is the caller's error; a failure after that is CKR_DEVICE_ERROR).
+  absl::StatusOr<std::vector<uint64_t>> Create(How how, size_t source,
+                                               std::vector<v1::AttributeList> templates,
+                                               const std::vector<bool>& is_key,
+                                               const MakeFn& make);
+
+  // Destroys the object on every member and leaves a tombstone.
+  CK_RV Destroy(uint64_t logical_id);
+
+  // Applies attribute changes on every member; all or none.
+  CK_RV SetAttributes(uint64_t logical_id, const v1::AttributeList& changes);
+
+  // Makes the group's replication key on every member from one random value
+  // (never stored or logged). Fails if any member already has one.
+  absl::Status CreateReplicationKey();
+
+  // Rolls back writes a crash left unacknowledged: destroys every member
+  // object that still carries a pending label. Called at start.
+  void RollBackPending();
+
+ private:
+  // Destroys member objects made by a write that did not complete.
+  void Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made);
+  uint64_t Journal(const std::string& op, uint64_t logical_id, const v1::JournalPayload& payload,
+                   const std::string& state);
+  void JournalState(uint64_t seq, const std::string& state);
+
+  Group& group_;
+  Registry& registry_;
+  StateStore* store_ = nullptr;
+};
+
+}  // namespace hsmux::agent
