@@ -164,8 +164,9 @@ void Agent::CloseClientSession(Instance& instance, const std::shared_ptr<ClientS
   if (session->op_member >= 0) {
     group->member(session->op_member)->Release(session->op_session, /*dirty=*/true);
     session->op_member = -1;
-    session->active = {};
   }
+  session->active = {};
+  session->pending = {};
   std::vector<ObjectRef> owned;
   {
     absl::MutexLock lock(&instance.mu);

@@ -587,7 +587,8 @@ class Loader {
     if (absl::Status s =
             ReadMap(node, path,
                     {"slot_id", "label", "serial", "model", "manufacturer",
-                     "slot_description", "replication", "members"},
+                     "slot_description", "replication", "pool_min_sessions",
+                     "pool_max_sessions", "pool_wait_ms", "members"},
                     &map);
         !s.ok()) {
       return s;
@@ -636,6 +637,28 @@ class Loader {
       return Error(e != nullptr ? e->key_mark : YAML::Mark(), map.PathOf("replication"),
                    "must be one of wrap, external, none");
     }
+    uint64_t pool_min = group->pool_min_sessions, pool_max = group->pool_max_sessions,
+             pool_wait = group->pool_wait_ms;
+    if (absl::Status s = GetUint(map, "pool_min_sessions", Need::kOptional, 0, 1024, &pool_min);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetUint(map, "pool_max_sessions", Need::kOptional, 2, 4096, &pool_max);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetUint(map, "pool_wait_ms", Need::kOptional, 1, 600000, &pool_wait);
+        !s.ok()) {
+      return s;
+    }
+    if (pool_min >= pool_max) {
+      const Entry* e = map.Find("pool_min_sessions");
+      return Error(e != nullptr ? e->key_mark : YAML::Mark(), map.PathOf("pool_min_sessions"),
+                   "must be below pool_max_sessions");
+    }
+    group->pool_min_sessions = static_cast<uint32_t>(pool_min);
+    group->pool_max_sessions = static_cast<uint32_t>(pool_max);
+    group->pool_wait_ms = static_cast<uint32_t>(pool_wait);
     const YAML::Node* members = nullptr;
     if (absl::Status s = GetSequence(map, "members", &members); !s.ok()) {
       return s;

@@ -55,6 +55,12 @@ struct GroupConfig {
   // group's replication key), "external" (the vendor's tooling copies them;
   // the agent waits for them to appear) or "none" (one member only).
   std::string replication = "wrap";
+  // Member sessions per member (DESIGN §4): opened at start, at most, and
+  // how long a call waits for one when all are busy. The maximum counts the
+  // member's holder session too.
+  uint32_t pool_min_sessions = 2;
+  uint32_t pool_max_sessions = 16;
+  uint32_t pool_wait_ms = 5000;
   std::vector<MemberConfig> members;
 };
 

@@ -41,6 +41,10 @@ CK_RV DeriveKey(CallContext& ctx);
 // handlers_crypto.cc: operations with spec-exact state, and random.
 CK_RV OperationCall(CallContext& ctx);
 CK_RV SeedRandom(CallContext& ctx);
+// Runs the member Init of the session's pending operations now (for
+// CKU_CONTEXT_SPECIFIC login, which must reach the operation's session).
+// The caller holds session.mu.
+CK_RV MaterializeOperations(CallContext& ctx, ClientSession& session);
 CK_RV GenerateRandom(CallContext& ctx);
 
 }  // namespace hsmux::agent

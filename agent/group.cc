@@ -16,6 +16,8 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
   for (const MemberConfig& mc : config.members) {
     HSMUX_ASSIGN_OR_RETURN(auto library, MemberLibrary::Load(mc.library, libraries));
     HSMUX_ASSIGN_OR_RETURN(auto member, Member::Open(mc, library));
+    member->ConfigurePool(config.pool_min_sessions, config.pool_max_sessions,
+                          config.pool_wait_ms);
     HSMUX_ASSIGN_OR_RETURN(auto mechs, member->Mechanisms());
     if (first) {
       for (const auto& [type, info] : mechs) {

@@ -2,16 +2,25 @@
 // (DESIGN §2 "Exact Cryptoki, even where a member is not"): an error other
 // than CKR_BUFFER_TOO_SMALL, or a length query, ends the operation; mixing
 // single-part and multi-part calls is refused with CKR_OPERATION_ACTIVE; a
-// bad key is CKR_KEY_HANDLE_INVALID. A member session is held from Init to
-// the end of the operation, and one that saw an error is closed, never
-// pooled, because members (SoftHSM) may leave the operation active.
+// bad key is CKR_KEY_HANDLE_INVALID.
+//
+// C_*Init is checked against the registry (key, usage attribute, key type,
+// mechanism) and answered without touching a member (DESIGN §4): a client
+// that calls C_SignInit and stalls holds nothing. The member's Init runs
+// together with the first call that carries data; from then on the
+// operation holds one member session until it ends. A session that saw an
+// error is closed, never pooled, because members (SoftHSM) may leave the
+// operation active after errors.
+#include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent.h"
 #include "dispatch.h"
 #include "log.h"
 #include "wire/function_table.h"
+#include "object_reader.h"
 #include "wire/mechanism_codec.h"
 
 namespace hsmux::agent {
@@ -136,6 +145,7 @@ size_t Index(OpKind k) { return static_cast<size_t>(k); }
 void EndAll(ClientSession& s, bool dirty) {
   s.active = {};
   s.mode = {};
+  s.pending = {};
   if (s.op_member >= 0) {
     s.group->member(s.op_member)->Release(s.op_session, dirty);
     s.op_member = -1;
@@ -146,56 +156,192 @@ void EndAll(ClientSession& s, bool dirty) {
 void EndOne(ClientSession& s, OpKind k) {
   s.active[Index(k)] = false;
   s.mode[Index(k)] = OpMode::kNone;
+  s.pending[Index(k)].reset();
   if (!s.AnyActive()) EndAll(s, /*dirty=*/false);
 }
 
-CK_RV RunInit(CallContext& ctx, ClientSession& s, F f, const OpSpec& spec) {
+CK_FLAGS MechanismFlagFor(OpKind k) {
+  switch (k) {
+    case OpKind::kEncrypt: return CKF_ENCRYPT;
+    case OpKind::kDecrypt: return CKF_DECRYPT;
+    case OpKind::kDigest: return CKF_DIGEST;
+    case OpKind::kSign: return CKF_SIGN;
+    case OpKind::kVerify: return CKF_VERIFY;
+    case OpKind::kSignRecover: return CKF_SIGN_RECOVER;
+    case OpKind::kVerifyRecover: return CKF_VERIFY_RECOVER;
+  }
+  return 0;
+}
+
+CK_ATTRIBUTE_TYPE UsageFor(OpKind k) {
+  switch (k) {
+    case OpKind::kEncrypt: return CKA_ENCRYPT;
+    case OpKind::kDecrypt: return CKA_DECRYPT;
+    case OpKind::kSign: return CKA_SIGN;
+    case OpKind::kVerify: return CKA_VERIFY;
+    case OpKind::kSignRecover: return CKA_SIGN_RECOVER;
+    case OpKind::kVerifyRecover: return CKA_VERIFY_RECOVER;
+    default: return 0;
+  }
+}
+
+// The key types a mechanism works with; empty: not checked here (the
+// member decides when the operation runs).
+std::vector<CK_KEY_TYPE> KeyTypesFor(CK_MECHANISM_TYPE m) {
+  switch (m) {
+    case CKM_RSA_PKCS: case CKM_RSA_X_509: case CKM_RSA_PKCS_OAEP: case CKM_RSA_PKCS_PSS:
+    case CKM_MD5_RSA_PKCS: case CKM_SHA1_RSA_PKCS: case CKM_SHA224_RSA_PKCS:
+    case CKM_SHA256_RSA_PKCS: case CKM_SHA384_RSA_PKCS: case CKM_SHA512_RSA_PKCS:
+    case CKM_SHA1_RSA_PKCS_PSS: case CKM_SHA224_RSA_PKCS_PSS: case CKM_SHA256_RSA_PKCS_PSS:
+    case CKM_SHA384_RSA_PKCS_PSS: case CKM_SHA512_RSA_PKCS_PSS:
+      return {CKK_RSA};
+    case CKM_ECDSA: case CKM_ECDSA_SHA1: case CKM_ECDSA_SHA224: case CKM_ECDSA_SHA256:
+    case CKM_ECDSA_SHA384: case CKM_ECDSA_SHA512:
+      return {CKK_EC};
+    case CKM_AES_ECB: case CKM_AES_CBC: case CKM_AES_CBC_PAD: case CKM_AES_CTR:
+    case CKM_AES_GCM: case CKM_AES_CMAC: case CKM_AES_CMAC_GENERAL:
+      return {CKK_AES};
+    default:
+      return {};
+  }
+}
+
+struct KeyFacts {
+  CK_KEY_TYPE key_type = 0;
+  bool known = false;
+  std::optional<bool> usage;
+};
+
+// What Init's errors depend on, from the registry (token keys) or one read
+// on the member (session keys).
+absl::StatusOr<KeyFacts> FactsOf(CallContext& ctx, ClientSession& s, const ObjectRef& ref,
+                                 CK_ATTRIBUTE_TYPE usage) {
+  KeyFacts facts;
+  if (ref.logical_id != 0) {
+    auto obj = s.group->registry().Get(ref.logical_id);
+    if (obj == nullptr) return wire::CkError(CKR_KEY_HANDLE_INVALID, "key destroyed");
+    facts.key_type = obj->snapshot.key_type;
+    facts.known = true;
+    if (usage != 0) {
+      const v1::Attribute* a = FindAttribute(obj->snapshot.attributes, usage);
+      facts.usage = a != nullptr && a->value_case() == v1::Attribute::kBoolean && a->boolean();
+    }
+    return facts;
+  }
+  Member* m = s.group->member(ref.member);
+  HSMUX_ASSIGN_OR_RETURN(CK_SESSION_HANDLE h, m->Acquire());
+  PooledSession ps(m, h);
+  CK_KEY_TYPE kt = 0;
+  CK_BBOOL use = CK_FALSE;
+  CK_ATTRIBUTE attrs[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}, {usage, &use, sizeof(use)}};
+  CK_RV rv = m->fn()->C_GetAttributeValue(h, ref.member_handle, attrs, usage != 0 ? 2 : 1);
+  if (rv == CKR_OBJECT_HANDLE_INVALID) return wire::CkError(CKR_KEY_HANDLE_INVALID, "key gone");
+  if (rv == CKR_OK) {
+    facts.key_type = kt;
+    facts.known = true;
+    if (usage != 0) facts.usage = use != CK_FALSE;
+  } else if (rv == CKR_ATTRIBUTE_TYPE_INVALID) {
+    // Not a key at all (a data object or certificate).
+    return wire::CkError(CKR_KEY_TYPE_INCONSISTENT, "not a key");
+  }
+  return facts;
+}
+
+CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
   if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
-  if (!s.group->mechanisms().count(mech->type())) return CKR_MECHANISM_INVALID;
-  Group& group = *s.group;
-  std::optional<ObjectRef> key;
+  auto mi = s.group->mechanisms().find(mech->type());
+  if (mi == s.group->mechanisms().end()) return CKR_MECHANISM_INVALID;
+  if (!(mi->second.flags & MechanismFlagFor(spec.kind))) return CKR_MECHANISM_INVALID;
+  // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
+  ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));
+  (void)check;
+  PendingOp op;
+  op.mechanism = *mech;
   if (spec.shape == Shape::kInit) {
     ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(2));
     ASSIGN_OR_RV(ObjectRef ref, ctx.Object(s, kh, CKR_KEY_HANDLE_INVALID));
-    key = ref;
-  }
-  ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
-  // The member: where the session's other operation runs (dual functions),
-  // else the routed member holding the key, else any member.
-  int member = s.op_member;
-  if (member < 0) {
-    if (key.has_value()) {
-      ASSIGN_OR_RV(auto place, ctx.Place(group, *key, CKR_KEY_HANDLE_INVALID));
-      member = static_cast<int>(place.first);
-    } else {
-      member = static_cast<int>(group.AnyMember());
+    ASSIGN_OR_RV(KeyFacts facts, FactsOf(ctx, s, ref, UsageFor(spec.kind)));
+    const std::vector<CK_KEY_TYPE> types = KeyTypesFor(mech->type());
+    if (facts.known && !types.empty() &&
+        std::find(types.begin(), types.end(), facts.key_type) == types.end()) {
+      return CKR_KEY_TYPE_INCONSISTENT;
     }
+    if (facts.usage.has_value() && !*facts.usage) return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    op.key = ref;
   }
-  CK_OBJECT_HANDLE key_handle = CK_INVALID_HANDLE;
-  if (key.has_value()) {
-    key_handle = ctx.HandleOn(group, *key, static_cast<size_t>(member));
-    if (key_handle == CK_INVALID_HANDLE) return CKR_OPERATION_ACTIVE;
-  }
-  Member* m = group.member(member);
-  if (s.op_member < 0) {
-    ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-    s.op_member = member;
-    s.op_session = h;
-  }
-  InFlight inflight(m);
-  CK_RV rv = key.has_value() ? (m->fn()->*InitFnOf(f))(s.op_session, nm.get(), key_handle)
-                             : m->fn()->C_DigestInit(s.op_session, nm.get());
-  if (rv != CKR_OK) {
-    if (!s.AnyActive()) EndAll(s, /*dirty=*/true);
-    return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
-  }
+  s.pending[Index(spec.kind)] = std::move(op);
   s.active[Index(spec.kind)] = true;
   s.mode[Index(spec.kind)] = OpMode::kNone;
   return CKR_OK;
 }
 
+// Runs the member Init of every operation still pending on this session, on
+// one member session (leased now if the session holds none).
+CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
+  Group& group = *s.group;
+  std::vector<size_t> todo;
+  for (size_t k = 0; k < kOpKinds; ++k) {
+    if (s.active[k] && s.pending[k].has_value()) todo.push_back(k);
+  }
+  if (todo.empty()) return CKR_OK;
+  if (s.op_member < 0) {
+    // A member holding every key the pending operations name.
+    auto member = group.RouteWhere([&](size_t i) {
+      for (size_t k : todo) {
+        const auto& key = s.pending[k]->key;
+        if (key.has_value() && ctx.HandleOn(group, *key, i) == CK_INVALID_HANDLE) return false;
+      }
+      return true;
+    });
+    if (!member.has_value()) return CKR_DEVICE_ERROR;
+    Member* m = group.member(*member);
+    ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
+    s.op_member = static_cast<int>(*member);
+    s.op_session = h;
+  }
+  Member* m = group.member(s.op_member);
+  InFlight inflight(m);
+  for (size_t k : todo) {
+    PendingOp& op = *s.pending[k];
+    auto nm = wire::NativeMechanism::Decode(op.mechanism);
+    if (!nm.ok()) {
+      EndAll(s, /*dirty=*/true);
+      return wire::GetCkRv(nm.status());
+    }
+    CK_RV rv;
+    if (op.key.has_value()) {
+      const CK_OBJECT_HANDLE kh = ctx.HandleOn(group, *op.key, static_cast<size_t>(s.op_member));
+      if (kh == CK_INVALID_HANDLE) {
+        EndAll(s, /*dirty=*/true);
+        return CKR_KEY_HANDLE_INVALID;
+      }
+      static constexpr F kInitOf[kOpKinds] = {F::kEncryptInit, F::kDecryptInit, F::kDigestInit,
+                                              F::kSignInit,    F::kVerifyInit,  F::kSignRecoverInit,
+                                              F::kVerifyRecoverInit};
+      rv = (m->fn()->*InitFnOf(kInitOf[k]))(s.op_session, nm->get(), kh);
+    } else {
+      rv = m->fn()->C_DigestInit(s.op_session, nm->get());
+    }
+    if (rv != CKR_OK) {
+      // The member refused what the agent's checks let through: the error
+      // surfaces on this call, and the operation ends as the spec says.
+      LogInfo(absl::StrCat("member ", m->name(), ": deferred Init for ",
+                           wire::FunctionName(static_cast<uint32_t>(f)), " refused: ",
+                           wire::CkRvName(rv)));
+      EndAll(s, /*dirty=*/true);
+      return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
+    }
+    s.pending[k].reset();
+  }
+  return CKR_OK;
+}
+
 }  // namespace
+
+CK_RV MaterializeOperations(CallContext& ctx, ClientSession& s) {
+  return Materialize(ctx, s, static_cast<F>(ctx.request().function()));
+}
 
 CK_RV OperationCall(CallContext& ctx) {
   const F f = static_cast<F>(ctx.request().function());
@@ -212,7 +358,7 @@ CK_RV OperationCall(CallContext& ctx) {
     }
     return static_cast<CK_RV>(ctx.request().local_error());
   }
-  if (spec->part == Part::kInit) return RunInit(ctx, s, f, *spec);
+  if (spec->part == Part::kInit) return RunInit(ctx, s, *spec);
 
   if (!s.active[Index(spec->kind)] || (spec->second && !s.active[Index(*spec->second)])) {
     return CKR_OPERATION_NOT_INITIALIZED;
@@ -223,6 +369,7 @@ CK_RV OperationCall(CallContext& ctx) {
     EndAll(s, /*dirty=*/true);
     return CKR_OPERATION_ACTIVE;
   }
+  if (CK_RV rv = Materialize(ctx, s, f); rv != CKR_OK) return rv;
   Member* m = s.group->member(s.op_member);
   InFlight inflight(m);
   CK_FUNCTION_LIST* fn = m->fn();

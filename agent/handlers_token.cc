@@ -183,7 +183,8 @@ CK_RV Login(CallContext& ctx) {
     // Re-authentication for a key that requires it: the member's own PIN
     // goes to the member, on the session that holds the operation.
     absl::MutexLock slock(&session->mu);
-    if (session->op_member < 0) return CKR_OPERATION_NOT_INITIALIZED;
+    if (!session->AnyActive()) return CKR_OPERATION_NOT_INITIALIZED;
+    if (CK_RV rv = MaterializeOperations(ctx, *session); rv != CKR_OK) return rv;
     Member* m = session->group->member(session->op_member);
     const MemberConfig& mc = session->group->config().members[session->op_member];
     std::string member_pin = mc.pin;

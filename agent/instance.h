@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -16,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "config.h"
+#include "hsmux/v1/cryptoki.pb.h"
 #include "wire/cryptoki.h"
 
 namespace hsmux::agent {
@@ -39,6 +41,13 @@ inline constexpr size_t kOpKinds = 7;
 // mixing the two is refused (CKR_OPERATION_ACTIVE).
 enum class OpMode { kNone, kSingle, kMulti };
 
+// An operation initialised by the client and checked by the agent, whose
+// member Init has not run yet (it runs with the first call carrying data).
+struct PendingOp {
+  v1::Mechanism mechanism;
+  std::optional<ObjectRef> key;
+};
+
 struct ClientSession {
   absl::Mutex mu;  // one call at a time on a session, as Cryptoki requires
   uint64_t handle = 0;
@@ -48,6 +57,7 @@ struct ClientSession {
 
   std::array<bool, kOpKinds> active{};
   std::array<OpMode, kOpKinds> mode{};
+  std::array<std::optional<PendingOp>, kOpKinds> pending{};
   // The member session leased while any operation is active.
   int op_member = -1;
   CK_SESSION_HANDLE op_session = CK_INVALID_HANDLE;

@@ -97,18 +97,49 @@ absl::StatusOr<std::unique_ptr<Member>> Member::Open(const MemberConfig& config,
   return member;
 }
 
+void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms) {
+  pool_min_ = min;
+  pool_max_ = max;
+  pool_wait_ms_ = wait_ms;
+  std::vector<CK_SESSION_HANDLE> opened;
+  for (uint32_t i = 0; i < min && i + 1 < max; ++i) {
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    if (fn()->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h) !=
+        CKR_OK) {
+      break;
+    }
+    opened.push_back(h);
+  }
+  absl::MutexLock lock(&pool_mu_);
+  open_ += static_cast<uint32_t>(opened.size());
+  idle_.insert(idle_.end(), opened.begin(), opened.end());
+}
+
 absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
   {
     absl::MutexLock lock(&pool_mu_);
+    // The holder session takes one of the member's `max` sessions.
+    auto available = [this] { return !idle_.empty() || open_ + 1 < pool_max_; };
+    if (!pool_mu_.AwaitWithTimeout(absl::Condition(&available),
+                                   absl::Milliseconds(pool_wait_ms_))) {
+      LogWarning(absl::StrCat("member ", name_, ": all ", pool_max_,
+                              " sessions busy for ", pool_wait_ms_, " ms"));
+      return wire::CkError(CKR_DEVICE_ERROR, "member session pool exhausted");
+    }
     if (!idle_.empty()) {
       CK_SESSION_HANDLE h = idle_.back();
       idle_.pop_back();
       return h;
     }
+    ++open_;  // reserved; opened below without the lock
   }
   CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
   CK_RV rv = fn()->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h);
   if (rv != CKR_OK) {
+    {
+      absl::MutexLock lock(&pool_mu_);
+      --open_;
+    }
     LogWarning(absl::StrCat("member ", name_, ": C_OpenSession: ", wire::CkRvName(rv)));
     return wire::CkError(rv == CKR_SESSION_COUNT ? CKR_DEVICE_MEMORY : CKR_DEVICE_ERROR,
                          "member session");
@@ -119,12 +150,17 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
 void Member::Release(CK_SESSION_HANDLE session, bool dirty) {
   if (!dirty) {
     absl::MutexLock lock(&pool_mu_);
-    if (idle_.size() < kMaxIdle) {
-      idle_.push_back(session);
-      return;
-    }
+    idle_.push_back(session);
+    return;
   }
   fn()->C_CloseSession(session);
+  absl::MutexLock lock(&pool_mu_);
+  --open_;
+}
+
+uint32_t Member::open_sessions() {
+  absl::MutexLock lock(&pool_mu_);
+  return open_ + 1;
 }
 
 absl::StatusOr<std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>> Member::Mechanisms()

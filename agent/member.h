@@ -49,11 +49,19 @@ class Member {
   CK_FUNCTION_LIST* fn() const { return library_->fn(); }
   CK_SLOT_ID slot() const { return slot_; }
 
-  // A pooled session, opened if none is idle. Errors carry the member's rv.
+  // Pool bounds (DESIGN §4): `max` counts the holder session too, so the
+  // member never sees more than `max` sessions from this agent. Opens `min`.
+  void ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms);
+
+  // A pooled session: an idle one, a new one while under the maximum, or
+  // the first one released within the wait. CKR_DEVICE_ERROR after the wait.
   absl::StatusOr<CK_SESSION_HANDLE> Acquire();
   // Returns a session. `dirty` (an operation may still be active on it, which
   // SoftHSM leaves after errors) closes it instead of pooling it.
   void Release(CK_SESSION_HANDLE session, bool dirty);
+
+  // Sessions open now (pooled, in use and the holder), for status and tests.
+  uint32_t open_sessions();
 
   // The holder session, for creating objects; calls on it are serialised.
   CK_SESSION_HANDLE holder() const { return holder_; }
@@ -80,7 +88,10 @@ class Member {
 
   absl::Mutex pool_mu_;
   std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(pool_mu_);
-  static constexpr size_t kMaxIdle = 16;
+  uint32_t open_ ABSL_GUARDED_BY(pool_mu_) = 0;  // pooled + in use, not the holder
+  uint32_t pool_min_ = 2;
+  uint32_t pool_max_ = 16;  // including the holder
+  uint32_t pool_wait_ms_ = 5000;
 };
 
 // Counts one call to a member while it runs (routing reads `inflight`).
