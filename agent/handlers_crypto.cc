@@ -247,35 +247,6 @@ absl::StatusOr<KeyFacts> FactsOf(CallContext& ctx, ClientSession& s, const Objec
   return facts;
 }
 
-CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
-  if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
-  ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
-  auto mi = s.group->mechanisms().find(mech->type());
-  if (mi == s.group->mechanisms().end()) return CKR_MECHANISM_INVALID;
-  if (!(mi->second.flags & MechanismFlagFor(spec.kind))) return CKR_MECHANISM_INVALID;
-  // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
-  ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));
-  (void)check;
-  PendingOp op;
-  op.mechanism = *mech;
-  if (spec.shape == Shape::kInit) {
-    ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(2));
-    ASSIGN_OR_RV(ObjectRef ref, ctx.Object(s, kh, CKR_KEY_HANDLE_INVALID));
-    ASSIGN_OR_RV(KeyFacts facts, FactsOf(ctx, s, ref, UsageFor(spec.kind)));
-    const std::vector<CK_KEY_TYPE> types = KeyTypesFor(mech->type());
-    if (facts.known && !types.empty() &&
-        std::find(types.begin(), types.end(), facts.key_type) == types.end()) {
-      return CKR_KEY_TYPE_INCONSISTENT;
-    }
-    if (facts.usage.has_value() && !*facts.usage) return CKR_KEY_FUNCTION_NOT_PERMITTED;
-    op.key = ref;
-  }
-  s.pending[Index(spec.kind)] = std::move(op);
-  s.active[Index(spec.kind)] = true;
-  s.mode[Index(spec.kind)] = OpMode::kNone;
-  return CKR_OK;
-}
-
 // Runs the member Init of every operation still pending on this session, on
 // one member session (leased now if the session holds none).
 CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
@@ -333,6 +304,43 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
       return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
     }
     s.pending[k].reset();
+  }
+  return CKR_OK;
+}
+
+CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
+  if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
+  ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
+  auto mi = s.group->mechanisms().find(mech->type());
+  if (mi == s.group->mechanisms().end()) return CKR_MECHANISM_INVALID;
+  if (!(mi->second.flags & MechanismFlagFor(spec.kind))) return CKR_MECHANISM_INVALID;
+  // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
+  ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));
+  (void)check;
+  PendingOp op;
+  op.mechanism = *mech;
+  if (spec.shape == Shape::kInit) {
+    ASSIGN_OR_RV(uint64_t kh, ctx.Ulong(2));
+    ASSIGN_OR_RV(ObjectRef ref, ctx.Object(s, kh, CKR_KEY_HANDLE_INVALID));
+    ASSIGN_OR_RV(KeyFacts facts, FactsOf(ctx, s, ref, UsageFor(spec.kind)));
+    const std::vector<CK_KEY_TYPE> types = KeyTypesFor(mech->type());
+    if (facts.known && !types.empty() &&
+        std::find(types.begin(), types.end(), facts.key_type) == types.end()) {
+      return CKR_KEY_TYPE_INCONSISTENT;
+    }
+    if (facts.usage.has_value() && !*facts.usage) return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    op.key = ref;
+  }
+  const bool has_params = mech->params_case() != v1::Mechanism::PARAMS_NOT_SET;
+  s.pending[Index(spec.kind)] = std::move(op);
+  s.active[Index(spec.kind)] = true;
+  s.mode[Index(spec.kind)] = OpMode::kNone;
+  if (has_params) {
+    // Whether a member accepts a parameter (an OAEP hash, a GCM tag length)
+    // is the member's to say, and the spec says it at Init: run the member
+    // Init now, so its error stays on C_*Init. Mechanisms without a
+    // parameter (the common ECDSA, RSA PKCS#1, HMAC, digest) stay deferred.
+    return Materialize(ctx, s, static_cast<F>(ctx.request().function()));
   }
   return CKR_OK;
 }
