@@ -11,7 +11,13 @@
 #   HSMUX_AGENT_PORT    the agent's port
 #   HSMUX_AGENT_PID     the agent's pid
 #   SOFTHSM2_CONF       the members' SoftHSM config (to check members directly)
-# Optional: HSMUX_LEASE_SECONDS to shorten the instance lease.
+#   HSMUX_AGENT_START   a command line that starts the agent again (after a test
+#                       killed it); the test then stops that agent itself
+#   HSMUX_TESTWRAP_DIR  with HSMUX_WITH_TESTWRAP=1: the wrapping module's state dir
+# Optional inputs:
+#   HSMUX_LEASE_SECONDS    shorten the instance lease
+#   HSMUX_WITH_TESTWRAP=1  members through tests/testwrap (counters, faults)
+#   HSMUX_GROUP_EXTRA      YAML lines added to the group (e.g. "pool_max_sessions: 4")
 set -euo pipefail
 [ "$#" -ge 4 ] && [ "$3" = "--" ] || { echo "usage: $0 BUILD_DIR WORK_DIR -- COMMAND..." >&2; exit 2; }
 BUILD="$(cd "$1" && pwd)"
@@ -28,7 +34,25 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 
 bash "$REPO/scripts/make-test-pki.sh" "$WORK" >/dev/null
 eval "$(bash "$REPO/scripts/make-softhsm-tokens.sh" "$WORK" | grep '^export ')"
+if [ "${HSMUX_WITH_TESTWRAP:-0}" = 1 ]; then
+  export HSMUX_TESTWRAP_DIR="$WORK/testwrap" HSMUX_TESTWRAP_TARGET=/usr/lib/softhsm/libsofthsm2.so
+  mkdir -p "$HSMUX_TESTWRAP_DIR"
+  export HSMUX_SOFTHSM_LIB="$BUILD/tests/testwrap/libhsmux-testwrap.so"
+fi
 HSMUX_BUILD_DIR="$BUILD" bash "$REPO/scripts/make-demo-config.sh" "$WORK" "$PORT" >/dev/null
+if [ -n "${HSMUX_GROUP_EXTRA:-}" ]; then
+  python3 - "$WORK/hsmuxd.yaml" "$HSMUX_GROUP_EXTRA" <<'PY'
+import sys
+path, extra = sys.argv[1], sys.argv[2]
+lines = open(path).read().split("\n")
+out = []
+for line in lines:
+    out.append(line)
+    if line.startswith("    serial:"):
+        out.extend("    " + e.strip() for e in extra.split(";") if e.strip())
+open(path, "w").write("\n".join(out))
+PY
+fi
 if [ -n "${HSMUX_LEASE_SECONDS:-}" ]; then
   sed -i "s/^lease_seconds: .*/lease_seconds: ${HSMUX_LEASE_SECONDS}/" "$WORK/hsmuxd.yaml"
 fi
@@ -52,6 +76,7 @@ grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" || { echo "hsmuxd not ready" >
 
 export HSMUX_CONFIG="$WORK/module.yaml" HSMUX_TEST_DIR="$WORK" HSMUX_AGENT_PORT="$PORT"
 export HSMUX_MODULE="$BUILD/module/libhsmux-pkcs11.so" HSMUX_AGENT_PID="$AGENT"
+export HSMUX_AGENT_START="$BUILD/agent/hsmuxd --config $WORK/hsmuxd.yaml"
 set +e
 "$@"
 rc=$?
