@@ -50,4 +50,13 @@ grpc::Status AdminService::CreateReplicationKey(grpc::ServerContext*,
   return grpc::Status(code, std::string(st.message()));
 }
 
+grpc::Status AdminService::Unlock(grpc::ServerContext*, const v1::UnlockRequest* req,
+                                  v1::UnlockResponse*) {
+  absl::Status st = agent_.pins().Unlock(req->identity(), req->slot_id());
+  if (st.ok()) return grpc::Status::OK;
+  return grpc::Status(absl::IsNotFound(st) ? grpc::StatusCode::NOT_FOUND
+                                           : grpc::StatusCode::INTERNAL,
+                      std::string(st.message()));
+}
+
 }  // namespace hsmux::agent

@@ -17,6 +17,8 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status CreateReplicationKey(grpc::ServerContext* ctx,
                                     const v1::CreateReplicationKeyRequest* req,
                                     v1::CreateReplicationKeyResponse* resp) override;
+  grpc::Status Unlock(grpc::ServerContext* ctx, const v1::UnlockRequest* req,
+                      v1::UnlockResponse* resp) override;
 
  private:
   Agent& agent_;

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   HSMUX_ASSIGN_OR_RETURN(agent->store_,
                          OpenSqliteStateStore(agent->config_.state_dir + "/hsmux-state.db"));
+  agent->pins_ = std::make_unique<ClientPins>(*agent->store_, agent->config_.max_pin_failures);
   for (const GroupConfig& gc : agent->config_.groups) {
     HSMUX_ASSIGN_OR_RETURN(auto group, Group::Form(gc, agent->libraries_));
     group->writer().set_store(agent->store_.get());

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "group.h"
 #include "hsmux/v1/cryptoki.pb.h"
+#include "client_pins.h"
 #include "instance.h"
 #include "state_store.h"
 
@@ -49,6 +50,7 @@ class Agent {
   Group* GroupForSlot(uint64_t slot);
   const std::map<uint64_t, std::unique_ptr<Group>>& groups() const { return groups_; }
   StateStore& store() { return *store_; }
+  ClientPins& pins() { return *pins_; }
 
   // Instances and client sessions now, for status.
   std::pair<uint64_t, uint64_t> Counts();
@@ -66,6 +68,7 @@ class Agent {
 
   AgentConfig config_;
   std::unique_ptr<StateStore> store_;
+  std::unique_ptr<ClientPins> pins_;
   std::map<std::string, std::shared_ptr<MemberLibrary>> libraries_;
   std::map<uint64_t, std::unique_ptr<Group>> groups_;
 

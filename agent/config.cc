@@ -755,7 +755,8 @@ class Loader {
     if (absl::Status s =
             ReadMap(root, "",
                     {"listen", "tls", "state_dir", "lease_seconds",
-                     "max_sessions_per_instance", "groups", "clients"},
+                     "max_sessions_per_instance", "max_pin_failures", "groups",
+                     "clients"},
                     &top);
         !s.ok()) {
       return s;
@@ -768,6 +769,13 @@ class Loader {
         !s.ok()) {
       return s;
     }
+    uint64_t failures = config->max_pin_failures;
+    if (absl::Status s =
+            GetUint(top, "max_pin_failures", Need::kOptional, 1, 100, &failures);
+        !s.ok()) {
+      return s;
+    }
+    config->max_pin_failures = static_cast<uint32_t>(failures);
     uint64_t v = config->lease_seconds;
     if (absl::Status s =
             GetUint(top, "lease_seconds", Need::kOptional, 5, 3600, &v);

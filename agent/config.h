@@ -70,6 +70,9 @@ struct AgentConfig {
   std::string state_dir = "/var/lib/hsmux";
   uint32_t lease_seconds = 30;  // instance lease, renewed by heartbeats
   uint32_t max_sessions_per_instance = 4096;
+  // Wrong PINs in a row that lock an identity out of a group
+  // (CKR_PIN_LOCKED; persistent; `hsmuxctl unlock` lifts it).
+  uint32_t max_pin_failures = 5;
   std::vector<GroupConfig> groups;
   std::vector<ClientConfig> clients;
 };
@@ -84,6 +87,11 @@ struct AgentConfig {
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path);
 
 // The agent's admin socket (hsmuxctl), mode 0600 in the state directory.
+// The stable name of a client identity in the state store and audit log.
+inline std::string ClientKey(const ClientConfig& client) {
+  return client.common_name.empty() ? "san:" + client.san : "cn:" + client.common_name;
+}
+
 inline std::string AdminSocketPath(const std::string& state_dir) {
   return state_dir + "/admin.sock";
 }

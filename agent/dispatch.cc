@@ -21,6 +21,7 @@ CK_RV Dispatch(CallContext& ctx) {
     case F::kGetSessionInfo: return GetSessionInfo(ctx);
     case F::kLogin: return Login(ctx);
     case F::kLogout: return Logout(ctx);
+    case F::kSetPIN: return SetPIN(ctx);
     case F::kCreateObject: return CreateObject(ctx);
     case F::kCopyObject: return CopyObject(ctx);
     case F::kDestroyObject: return DestroyObject(ctx);

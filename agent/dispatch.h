@@ -21,6 +21,7 @@ CK_RV CloseAllSessions(CallContext& ctx);
 CK_RV GetSessionInfo(CallContext& ctx);
 CK_RV Login(CallContext& ctx);
 CK_RV Logout(CallContext& ctx);
+CK_RV SetPIN(CallContext& ctx);
 
 // handlers_objects.cc: object management and key management.
 CK_RV CreateObject(CallContext& ctx);

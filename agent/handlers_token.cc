@@ -5,13 +5,13 @@
 #include "agent.h"
 #include "dispatch.h"
 #include "log.h"
-#include "pin_hash.h"
+#include "client_pins.h"
 
 namespace hsmux::agent {
 namespace {
 
-constexpr CK_ULONG kMinPinLen = 4;
-constexpr CK_ULONG kMaxPinLen = 255;
+constexpr CK_ULONG kMinPinLen = ClientPins::kMinLen;
+constexpr CK_ULONG kMaxPinLen = ClientPins::kMaxLen;
 
 void SessionCounts(Instance& inst, uint64_t slot, uint64_t* all, uint64_t* rw) {
   absl::MutexLock lock(&inst.mu);
@@ -51,7 +51,7 @@ CK_RV GetTokenInfo(CallContext& ctx) {
   info->set_model(gc.model);
   info->set_serial(gc.serial);
   info->set_flags(CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED |
-                  CKF_TOKEN_INITIALIZED);
+                  CKF_TOKEN_INITIALIZED | ctx.agent().pins().Flags(*ctx.instance().client, slot));
   uint64_t all = 0, rw = 0;
   SessionCounts(ctx.instance(), slot, &all, &rw);
   // Session counts are this client's view; the members' are not its business.
@@ -169,16 +169,7 @@ CK_RV Login(CallContext& ctx) {
     absl::MutexLock slock(&session->mu);
     if (!session->AnyActive()) return CKR_OPERATION_NOT_INITIALIZED;
   }
-  if (pin->size() < kMinPinLen || pin->size() > kMaxPinLen) return CKR_PIN_LEN_RANGE;
-  auto ok = VerifyPin(*pin, access->pin_hash);
-  if (!ok.ok()) {
-    LogError(absl::StrCat("instance ", inst.id, ": stored PIN hash unusable"));
-    return CKR_GENERAL_ERROR;
-  }
-  if (!*ok) {
-    LogWarning(absl::StrCat("login failed for ", inst.identity, " on slot ", session->slot_id));
-    return CKR_PIN_INCORRECT;
-  }
+  if (CK_RV rv = ctx.agent().pins().Check(*inst.client, *access, *pin); rv != CKR_OK) return rv;
   if (user_type == CKU_CONTEXT_SPECIFIC) {
     // Re-authentication for a key that requires it: the member's own PIN
     // goes to the member, on the session that holds the operation.
@@ -196,8 +187,24 @@ CK_RV Login(CallContext& ctx) {
   }
   absl::MutexLock lock(&inst.mu);
   inst.logged_in_slots.insert(session->slot_id);
-  LogInfo(absl::StrCat("login: ", inst.identity, " on slot ", session->slot_id));
+  LogInfo(absl::StrCat("audit: login: ", inst.identity, " on slot ", session->slot_id));
   return CKR_OK;
+}
+
+CK_RV SetPIN(CallContext& ctx) {
+  ASSIGN_OR_RV(auto session, ctx.Session());
+  ASSIGN_OR_RV(const std::string* old_pin, ctx.Bytes(1));
+  ASSIGN_OR_RV(const std::string* new_pin, ctx.Bytes(2));
+  // The spec: C_SetPIN works in R/W sessions only; it changes the PIN of the
+  // user (clients are never SO here).
+  if (!session->rw) return CKR_SESSION_READ_ONLY;
+  Instance& inst = ctx.instance();
+  const GroupAccess* access = nullptr;
+  for (const GroupAccess& g : inst.client->groups) {
+    if (g.slot_id == session->slot_id) access = &g;
+  }
+  if (access == nullptr) return CKR_SESSION_HANDLE_INVALID;
+  return ctx.agent().pins().Change(*inst.client, *access, *old_pin, *new_pin);
 }
 
 CK_RV Logout(CallContext& ctx) {

@@ -4,6 +4,7 @@
 //   hsmuxctl check-config [--config F] validate an agent config
 //   hsmuxctl status [--socket P|--config F]              the running agent
 //   hsmuxctl create-replication-key [--slot N] [--socket P|--config F]
+//   hsmuxctl unlock --identity cn:NAME --slot N [--socket P|--config F]
 //
 // Exit codes: 0 success, 1 the operation failed, 2 usage error.
 #include <openssl/crypto.h>
@@ -52,6 +53,8 @@ constexpr char kUsage[] =
     "  create-replication-key [--slot N] [--socket PATH | --config FILE]\n"
     "      Create the group's replication key (AES-256, non-extractable,\n"
     "      the same on every member); every group if --slot is not given.\n"
+    "  unlock --identity cn:NAME|san:NAME --slot N [--socket PATH | --config FILE]\n"
+    "      Lift a PIN lockout of a client identity on a group.\n"
     "  help, --help, -h\n"
     "      Show this text.\n";
 
@@ -231,7 +234,7 @@ int Main(int argc, char** argv) {
   }
   if (command == "hash-pin") return HashPinCommand(args);
   if (command == "check-config") return CheckConfigCommand(args);
-  if (command == "status" || command == "create-replication-key") {
+  if (command == "status" || command == "create-replication-key" || command == "unlock") {
     return AdminCommand(command, args);
   }
   return Usage("unknown command '" + std::string(command) + "'");

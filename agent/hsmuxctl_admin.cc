@@ -18,6 +18,7 @@ struct AdminOptions {
   std::string config = "/etc/hsmux/hsmuxd.yaml";
   bool has_slot = false;
   uint64_t slot = 0;
+  std::string identity;
 };
 
 bool Parse(const std::vector<std::string_view>& args, AdminOptions* o) {
@@ -33,6 +34,8 @@ bool Parse(const std::vector<std::string_view>& args, AdminOptions* o) {
       if (!value(&o->socket)) return false;
     } else if (a == "--config") {
       if (!value(&o->config)) return false;
+    } else if (a == "--identity") {
+      if (!value(&o->identity)) return false;
     } else if (a == "--slot") {
       if (!value(&v) || !absl::SimpleAtoi(v, &o->slot)) return false;
       o->has_slot = true;
@@ -125,6 +128,32 @@ int CreateReplicationKey(AdminOptions& o) {
   return rc;
 }
 
+int Unlock(AdminOptions& o) {
+  if (o.identity.empty() || !o.has_slot) {
+    std::cerr << "usage: hsmuxctl unlock --identity cn:NAME|san:NAME --slot N\n";
+    return 2;
+  }
+  // A bare name means a certificate common name.
+  if (o.identity.rfind("cn:", 0) != 0 && o.identity.rfind("san:", 0) != 0) {
+    o.identity = "cn:" + o.identity;
+  }
+  auto stub = Connect(o);
+  if (stub == nullptr) return 1;
+  grpc::ClientContext ctx;
+  Deadline(&ctx, 10);
+  v1::UnlockRequest req;
+  req.set_identity(o.identity);
+  req.set_slot_id(o.slot);
+  v1::UnlockResponse resp;
+  grpc::Status st = stub->Unlock(&ctx, req, &resp);
+  if (!st.ok()) {
+    std::cerr << "hsmuxctl unlock: " << st.error_message() << "\n";
+    return 1;
+  }
+  std::cout << o.identity << " unlocked on slot " << o.slot << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int AdminCommand(std::string_view command, const std::vector<std::string_view>& args) {
@@ -135,6 +164,7 @@ int AdminCommand(std::string_view command, const std::vector<std::string_view>& 
     return 2;
   }
   if (command == "status") return Status(o);
+  if (command == "unlock") return Unlock(o);
   return CreateReplicationKey(o);
 }
 

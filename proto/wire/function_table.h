@@ -32,7 +32,7 @@
   X(11, InitPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen),           \
     NotOffered(F::kInitPIN))                                                                      \
   X(12, SetPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen), \
-    NotOffered(F::kSetPIN))                                                                       \
+    Remote(F::kSetPIN, Ulong(hSession), Pin(pOldPin, ulOldLen), Pin(pNewPin, ulNewLen)))                                                                       \
   X(13, OpenSession, (CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession), \
     OpenSession(slotID, flags, phSession))                                                        \
   X(14, CloseSession, (CK_SESSION_HANDLE hSession), Remote(F::kCloseSession, Ulong(hSession)))    \
