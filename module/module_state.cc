@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 
 #include "log.h"
@@ -18,6 +19,12 @@ void gpr_global_config_set_grpc_enable_fork_support(bool value);
 namespace hsmux::module {
 namespace {
 
+// The current state; replaced (the old one leaked) in a forked child.
+std::atomic<ModuleState*>& StatePointer() {
+  static auto* state = new std::atomic<ModuleState*>(nullptr);
+  return *state;
+}
+
 // gRPC must be told about fork() or a child that uses it hangs; these run in
 // every fork of the host once the module was initialised.
 void InstallForkHandlers() {
@@ -25,14 +32,33 @@ void InstallForkHandlers() {
   std::call_once(once, [] {
     gpr_global_config_set_grpc_enable_fork_support(true);
     pthread_atfork(grpc_prefork, grpc_postfork_parent, grpc_postfork_child);
+    pthread_atfork(nullptr, nullptr, &ModuleState::ResetInChild);
   });
 }
 
 }  // namespace
 
 ModuleState& ModuleState::Get() {
-  static ModuleState* state = new ModuleState;
+  std::atomic<ModuleState*>& p = StatePointer();
+  ModuleState* state = p.load(std::memory_order_acquire);
+  if (state == nullptr) {
+    auto* fresh = new ModuleState;
+    if (p.compare_exchange_strong(state, fresh, std::memory_order_acq_rel)) {
+      state = fresh;
+    } else {
+      delete fresh;  // another thread won; `state` holds its pointer
+    }
+  }
   return *state;
+}
+
+void ModuleState::ResetInChild() {
+  // The parent's state is abandoned, never touched again: its mutex may be
+  // held, or waited on (the heartbeat thread's AwaitWithTimeout), by threads
+  // that do not exist in the child, and unlocking it there would wake a dead
+  // waiter. Its gRPC objects belong to the parent. The child starts
+  // uninitialised, as after dlopen.
+  StatePointer().store(new ModuleState, std::memory_order_release);
 }
 
 absl::Status ModuleState::Initialize() {

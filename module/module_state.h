@@ -20,6 +20,9 @@ namespace hsmux::module {
 class ModuleState {
  public:
   static ModuleState& Get();
+  // pthread_atfork child handler: replaces the state with a fresh one (the
+  // parent's is leaked). Installed by the first Initialize.
+  static void ResetInChild();
 
   // C_Initialize after argument checks. CKR_CRYPTOKI_ALREADY_INITIALIZED if
   // this process initialised already; in a forked child the parent's state is
