@@ -588,7 +588,8 @@ class Loader {
             ReadMap(node, path,
                     {"slot_id", "label", "serial", "model", "manufacturer",
                      "slot_description", "replication", "pool_min_sessions",
-                     "pool_max_sessions", "pool_wait_ms", "members"},
+                     "pool_max_sessions", "pool_wait_ms", "external_wait_ms",
+                     "members"},
                     &map);
         !s.ok()) {
       return s;
@@ -656,6 +657,13 @@ class Loader {
       return Error(e != nullptr ? e->key_mark : YAML::Mark(), map.PathOf("pool_min_sessions"),
                    "must be below pool_max_sessions");
     }
+    uint64_t external_wait = group->external_wait_ms;
+    if (absl::Status s =
+            GetUint(map, "external_wait_ms", Need::kOptional, 0, 600000, &external_wait);
+        !s.ok()) {
+      return s;
+    }
+    group->external_wait_ms = static_cast<uint32_t>(external_wait);
     group->pool_min_sessions = static_cast<uint32_t>(pool_min);
     group->pool_max_sessions = static_cast<uint32_t>(pool_max);
     group->pool_wait_ms = static_cast<uint32_t>(pool_wait);

@@ -55,6 +55,9 @@ struct GroupConfig {
   // group's replication key), "external" (the vendor's tooling copies them;
   // the agent waits for them to appear) or "none" (one member only).
   std::string replication = "wrap";
+  // `external`: how long a write waits for the vendor's tooling to copy a
+  // new object to the other members before answering.
+  uint32_t external_wait_ms = 10000;
   // Member sessions per member (DESIGN §4): opened at start, at most, and
   // how long a call waits for one when all are busy. The maximum counts the
   // member's holder session too.

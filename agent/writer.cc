@@ -4,6 +4,8 @@
 #include <openssl/rand.h>
 
 #include <chrono>
+
+#include "absl/time/clock.h"
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -302,6 +304,13 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
     }
   }
 
+  // External replication: the vendor's tooling copies new objects; wait
+  // (bounded) for them to appear on the other members, matched by class,
+  // ID, label and fingerprint.
+  if (policy == "external" && n_members > 1) {
+    WaitForExternalCopies(source, templates.size(), &made);
+  }
+
   // 4. Register (visible from now on) and acknowledge.
   std::vector<uint64_t> ids;
   for (size_t k = 0; k < templates.size(); ++k) {
@@ -333,7 +342,7 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
         }
       }
     }
-    obj.proof = replicate ? "created" : "unproven";
+    obj.proof = replicate ? "created" : (policy == "external" ? "attributes" : "unproven");
     ids.push_back(registry_.Add(std::move(obj)));
   }
   if (replicate) {
@@ -342,6 +351,67 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
     Journal("create", ids.front(), payload, "acked");
   }
   return ids;
+}
+
+void Writer::WaitForExternalCopies(size_t source, size_t count,
+                                   std::vector<std::vector<CK_OBJECT_HANDLE>>* made) {
+  Member* src = group_.member(source);
+  std::vector<ObjectSnapshot> snaps(count);
+  std::vector<std::string> fps(count);
+  {
+    auto s = src->Acquire();
+    if (!s.ok()) return;
+    PooledSession ps(src, *s);
+    for (size_t k = 0; k < count; ++k) {
+      auto snap = ReadObject(*src, *s, (*made)[source][k]);
+      if (!snap.ok()) return;
+      snaps[k] = std::move(*snap);
+      fps[k] = Fingerprint(*src, *s, (*made)[source][k], snaps[k]);
+    }
+  }
+  const auto deadline = absl::Now() + absl::Milliseconds(group_.config().external_wait_ms);
+  while (true) {
+    bool missing = false;
+    for (size_t i = 0; i < group_.member_count(); ++i) {
+      if (i == source || !group_.member(i)->healthy.load()) continue;
+      Member* m = group_.member(i);
+      auto s = m->Acquire();
+      if (!s.ok()) continue;
+      PooledSession ps(m, *s);
+      for (size_t k = 0; k < count; ++k) {
+        if ((*made)[i][k] != CK_INVALID_HANDLE) continue;
+        CK_OBJECT_CLASS cls = snaps[k].object_class;
+        CK_BBOOL yes = CK_TRUE;
+        std::string id = snaps[k].cka_id, label = snaps[k].label;
+        CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                               {CKA_TOKEN, &yes, sizeof(yes)},
+                               {CKA_ID, id.data(), id.size()},
+                               {CKA_LABEL, label.data(), label.size()}};
+        CK_OBJECT_HANDLE found[4];
+        CK_ULONG n = 0;
+        if (m->fn()->C_FindObjectsInit(*s, tmpl, 4) != CKR_OK) continue;
+        m->fn()->C_FindObjects(*s, found, 4, &n);
+        m->fn()->C_FindObjectsFinal(*s);
+        for (CK_ULONG j = 0; j < n; ++j) {
+          auto snap = ReadObject(*m, *s, found[j]);
+          if (snap.ok() && Fingerprint(*m, *s, found[j], *snap) == fps[k]) {
+            (*made)[i][k] = found[j];
+            break;
+          }
+        }
+        if ((*made)[i][k] == CK_INVALID_HANDLE) missing = true;
+      }
+    }
+    if (!missing) return;
+    if (absl::Now() >= deadline) {
+      LogWarning(absl::StrCat("group ", group_.config().label,
+                              ": external replication did not copy a new object to every member "
+                              "within ", group_.config().external_wait_ms, " ms; served from where "
+                              "it is"));
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
 }
 
 CK_RV Writer::Destroy(uint64_t logical_id) {

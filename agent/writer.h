@@ -67,6 +67,9 @@ class Writer {
   void RollBackPending();
 
  private:
+  // `external` policy: waits for the vendor's copies of new objects.
+  void WaitForExternalCopies(size_t source, size_t count,
+                             std::vector<std::vector<CK_OBJECT_HANDLE>>* made);
   // Destroys member objects made by a write that did not complete.
   void Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made);
   uint64_t Journal(const std::string& op, uint64_t logical_id, const v1::JournalPayload& payload,
