@@ -39,6 +39,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
                          " objects (", report.merged, " on several members, ", report.unproven,
                          " unproven, ", report.ambiguous, " ambiguous)"));
     for (const std::string& note : report.notes) LogWarning(absl::StrCat("group ", gc.label, ": ", note));
+    group->StartMonitor();
     agent->groups_[gc.slot_id] = std::move(group);
   }
   return agent;

@@ -165,6 +165,18 @@ absl::StatusOr<std::pair<size_t, CK_OBJECT_HANDLE>> CallContext::Place(Group& gr
   return std::make_pair(*member, obj->handles[*member]);
 }
 
+size_t CallContext::HomeMember(Group& group) {
+  absl::MutexLock lock(&instance_->mu);
+  const int home = instance_->home_member;
+  if (home >= 0 && static_cast<size_t>(home) < group.member_count() &&
+      group.member(home)->healthy.load()) {
+    return static_cast<size_t>(home);
+  }
+  const size_t chosen = group.AnyMember();
+  instance_->home_member = static_cast<int>(chosen);
+  return chosen;
+}
+
 CK_OBJECT_HANDLE CallContext::HandleOn(Group& group, const ObjectRef& ref, size_t member) {
   if (ref.logical_id == 0) return ref.member == member ? ref.member_handle : CK_INVALID_HANDLE;
   auto obj = group.registry().Get(ref.logical_id);

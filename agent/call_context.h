@@ -78,6 +78,9 @@ class CallContext {
   // member holds it any more.
   absl::StatusOr<std::pair<size_t, CK_OBJECT_HANDLE>> Place(Group& group, const ObjectRef& ref,
                                                             CK_RV invalid_rv);
+  // The member this instance's session objects are made on (chosen once,
+  // chosen again if it is down).
+  size_t HomeMember(Group& group);
   // The handle of an object on a given member, or CK_INVALID_HANDLE.
   CK_OBJECT_HANDLE HandleOn(Group& group, const ObjectRef& ref, size_t member);
 

@@ -589,7 +589,8 @@ class Loader {
                     {"slot_id", "label", "serial", "model", "manufacturer",
                      "slot_description", "replication", "pool_min_sessions",
                      "pool_max_sessions", "pool_wait_ms", "external_wait_ms",
-                     "members"},
+                     "call_timeout_ms", "keygen_timeout_ms", "probe_interval_ms",
+                     "probe_timeout_ms", "replay_buffer_bytes", "members"},
                     &map);
         !s.ok()) {
       return s;
@@ -664,6 +665,22 @@ class Loader {
       return s;
     }
     group->external_wait_ms = static_cast<uint32_t>(external_wait);
+    struct Limit {
+      const char* key;
+      uint64_t min, max;
+      uint32_t* field;
+    };
+    for (const Limit& l : {Limit{"call_timeout_ms", 10, 600000, &group->call_timeout_ms},
+                           Limit{"keygen_timeout_ms", 100, 3600000, &group->keygen_timeout_ms},
+                           Limit{"probe_interval_ms", 50, 600000, &group->probe_interval_ms},
+                           Limit{"probe_timeout_ms", 10, 600000, &group->probe_timeout_ms},
+                           Limit{"replay_buffer_bytes", 0, 1u << 30, &group->replay_buffer_bytes}}) {
+      uint64_t v = *l.field;
+      if (absl::Status s = GetUint(map, l.key, Need::kOptional, l.min, l.max, &v); !s.ok()) {
+        return s;
+      }
+      *l.field = static_cast<uint32_t>(v);
+    }
     group->pool_min_sessions = static_cast<uint32_t>(pool_min);
     group->pool_max_sessions = static_cast<uint32_t>(pool_max);
     group->pool_wait_ms = static_cast<uint32_t>(pool_wait);

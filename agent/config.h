@@ -58,6 +58,14 @@ struct GroupConfig {
   // `external`: how long a write waits for the vendor's tooling to copy a
   // new object to the other members before answering.
   uint32_t external_wait_ms = 10000;
+  // High availability (DESIGN §5): deadlines of member calls by class, how
+  // often members are probed and how long a probe may take, and how much of
+  // a multi-part operation is kept for replay on another member.
+  uint32_t call_timeout_ms = 5000;
+  uint32_t keygen_timeout_ms = 60000;
+  uint32_t probe_interval_ms = 1000;
+  uint32_t probe_timeout_ms = 2000;
+  uint32_t replay_buffer_bytes = 1 << 20;
   // Member sessions per member (DESIGN §4): opened at start, at most, and
   // how long a call waits for one when all are busy. The maximum counts the
   // member's holder session too.

@@ -3,6 +3,7 @@ add_library(hsmux_agent_core STATIC
   admin_service.cc
   agent.cc
   call_context.cc
+  call_executor.cc
   client_pins.cc
   dispatch.cc
   group.cc

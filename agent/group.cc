@@ -1,6 +1,8 @@
 #include "group.h"
 
 #include <algorithm>
+#include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "log.h"
@@ -15,9 +17,18 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
   bool first = true;
   for (const MemberConfig& mc : config.members) {
     HSMUX_ASSIGN_OR_RETURN(auto library, MemberLibrary::Load(mc.library, libraries));
-    HSMUX_ASSIGN_OR_RETURN(auto member, Member::Open(mc, library));
+    auto member = std::make_unique<Member>(mc, library);
     member->ConfigurePool(config.pool_min_sessions, config.pool_max_sessions,
                           config.pool_wait_ms);
+    absl::Status connected = member->Connect(absl::Milliseconds(config.probe_timeout_ms * 5));
+    if (!connected.ok()) {
+      // The group serves without it; the health monitor brings it in when
+      // it answers (after catching it up).
+      member->set_down_reason(std::string(connected.message()));
+      LogWarning(absl::StrCat("member ", mc.name, " is down at start: ", connected.message()));
+      group->members_.push_back(std::move(member));
+      continue;
+    }
     HSMUX_ASSIGN_OR_RETURN(auto mechs, member->Mechanisms());
     if (first) {
       for (const auto& [type, info] : mechs) {
@@ -43,7 +54,12 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
         ++it;
       }
     }
+    member->healthy.store(true);
     group->members_.push_back(std::move(member));
+  }
+  if (first) {
+    return wire::CkError(CKR_DEVICE_ERROR,
+                         absl::StrCat("group ", config.label, ": no member answers at start"));
   }
   for (auto it = group->mechanisms_.begin(); it != group->mechanisms_.end();) {
     if (!wire::CanCarryMechanism(it->first)) {
@@ -92,6 +108,144 @@ std::optional<size_t> Group::Route(const LogicalObject& object) {
 size_t Group::AnyMember() {
   auto any = RouteWhere([](size_t) { return true; });
   return any.value_or(0);
+}
+
+void Group::Suspect(size_t member, CK_RV rv, const std::string& what) {
+  LogWarning(absl::StrCat("member ", members_[member]->name(), ": ", what, " answered ",
+                          rv == kMemberTimedOut ? std::string("nothing in time")
+                                                : wire::CkRvName(rv),
+                          "; probing it"));
+  absl::MutexLock lock(&monitor_mu_);
+  suspects_.insert(member);
+}
+
+namespace {
+struct ProbeState {
+  CK_SLOT_ID slot;
+  CK_SESSION_HANDLE holder;
+  CK_RV rv = CKR_OK;
+  std::string why;
+};
+}  // namespace
+
+bool Group::Probe(size_t i) {
+  Member* m = members_[i].get();
+  if (!m->healthy.load()) return false;
+  auto st = std::make_shared<ProbeState>();
+  st->slot = m->slot();
+  st->holder = m->holder();
+  CK_RV rv = m->Invoke<ProbeState>(
+      absl::Milliseconds(config_.probe_timeout_ms), st,
+      [](CK_FUNCTION_LIST* fn, ProbeState& p) {
+        CK_TOKEN_INFO token;
+        std::memset(&token, 0, sizeof(token));
+        CK_RV r = fn->C_GetTokenInfo(p.slot, &token);
+        if (r != CKR_OK) return r;
+        CK_SESSION_INFO info;
+        std::memset(&info, 0, sizeof(info));
+        r = fn->C_GetSessionInfo(p.holder, &info);
+        if (r != CKR_OK) return r;
+        // The agent's login must still hold.
+        return info.state == CKS_RW_USER_FUNCTIONS ? CKR_OK : CKR_USER_NOT_LOGGED_IN;
+      });
+  if (rv == CKR_OK) return true;
+  MarkDown(i, rv == kMemberTimedOut ? "probe got no answer in time"
+                                    : "probe answered " + wire::CkRvName(rv));
+  return false;
+}
+
+void Group::MarkDown(size_t i, const std::string& why) {
+  Member* m = members_[i].get();
+  if (!m->healthy.exchange(false)) return;
+  m->set_down_reason(why);
+  m->Disconnect();
+  LogError(absl::StrCat("group ", config_.label, ": member ", m->name(), " taken out: ", why));
+}
+
+void Group::Recover(size_t i) {
+  Member* m = members_[i].get();
+  if (m->healthy.load() || m->drained.load()) return;
+  absl::Status st = m->Connect(absl::Milliseconds(config_.probe_timeout_ms));
+  if (!st.ok()) {
+    m->set_down_reason(std::string(st.message()));
+    return;
+  }
+  // A member must still support every advertised mechanism.
+  auto mechs = m->Mechanisms();
+  if (mechs.ok()) {
+    for (const auto& [type, info] : mechanisms_) {
+      bool has = false;
+      for (const auto& mm : *mechs) has |= mm.first == type;
+      if (!has) {
+        const std::string why = absl::StrCat("lacks ", wire::MechanismName(type));
+        m->set_down_reason(why);
+        LogError(absl::StrCat("member ", m->name(), " not readmitted: ", why));
+        m->Disconnect();
+        return;
+      }
+    }
+  }
+  st = writer_->CatchUp(i);
+  if (!st.ok()) {
+    m->set_down_reason(absl::StrCat("catch-up: ", st.message()));
+    LogError(absl::StrCat("member ", m->name(), " not readmitted: ", st.message()));
+    m->Disconnect();
+    return;
+  }
+  LogInfo(absl::StrCat("group ", config_.label, ": member ", m->name(), " readmitted"));
+}
+
+absl::Status Group::Drain(const std::string& name) {
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (members_[i]->name() != name) continue;
+    members_[i]->drained.store(true);
+    MarkDown(i, "drained by an operator");
+    LogInfo(absl::StrCat("audit: admin drained member ", name));
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("no member ", name, " in group ", config_.label));
+}
+
+absl::Status Group::Readmit(const std::string& name) {
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (members_[i]->name() != name) continue;
+    members_[i]->drained.store(false);
+    LogInfo(absl::StrCat("audit: admin readmitted member ", name));
+    Recover(i);
+    if (!members_[i]->healthy.load()) {
+      return absl::UnavailableError(absl::StrCat("member ", name, " not readmitted: ",
+                                                 members_[i]->down_reason()));
+    }
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("no member ", name, " in group ", config_.label));
+}
+
+void Group::StartMonitor() {
+  std::thread([this] { MonitorLoop(); }).detach();
+}
+
+void Group::MonitorLoop() {
+  absl::Time next = absl::Now();
+  while (true) {
+    std::set<size_t> suspects;
+    {
+      absl::MutexLock lock(&monitor_mu_);
+      auto ready = [this] { return !suspects_.empty(); };
+      monitor_mu_.AwaitWithDeadline(absl::Condition(&ready), next);
+      suspects.swap(suspects_);
+    }
+    const bool periodic = absl::Now() >= next;
+    for (size_t i = 0; i < members_.size(); ++i) {
+      if (!periodic && !suspects.count(i)) continue;
+      if (members_[i]->healthy.load()) {
+        Probe(i);
+      } else if (periodic) {
+        Recover(i);
+      }
+    }
+    if (periodic) next = absl::Now() + absl::Milliseconds(config_.probe_interval_ms);
+  }
 }
 
 }  // namespace hsmux::agent

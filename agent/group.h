@@ -7,6 +7,9 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
+
+#include "absl/synchronization/mutex.h"
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,15 +49,33 @@ class Group {
   // A member for calls that need no object (random, digest, session keys).
   size_t AnyMember();
 
+  // Health (DESIGN §5). A call's device-class failure makes the member a
+  // suspect: it is probed at once, and only a failed probe takes it out.
+  void Suspect(size_t member, CK_RV rv, const std::string& what);
+  // Probes a member now (with the probe deadline); takes it out on failure.
+  bool Probe(size_t member);
+  // Operator actions: take a member out / let it back in (after catch-up).
+  absl::Status Drain(const std::string& member);
+  absl::Status Readmit(const std::string& member);
+  // Starts the monitor thread: periodic probes and automatic recovery.
+  void StartMonitor();
+
  private:
   explicit Group(GroupConfig config) : config_(std::move(config)) {}
   GroupConfig config_;
   std::vector<std::unique_ptr<Member>> members_;
   std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO> mechanisms_;
   std::vector<CK_MECHANISM_TYPE> order_;
+  void MarkDown(size_t member, const std::string& why);
+  void Recover(size_t member);
+  void MonitorLoop();
+
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<Writer> writer_;
   std::atomic<uint64_t> rotate_{0};
+
+  absl::Mutex monitor_mu_;
+  std::set<size_t> suspects_ ABSL_GUARDED_BY(monitor_mu_);
 };
 
 }  // namespace hsmux::agent

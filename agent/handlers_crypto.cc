@@ -12,7 +12,9 @@
 // error is closed, never pooled, because members (SoftHSM) may leave the
 // operation active after errors.
 #include <algorithm>
+#include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -146,6 +148,8 @@ void EndAll(ClientSession& s, bool dirty) {
   s.active = {};
   s.mode = {};
   s.pending = {};
+  s.inits = {};
+  for (auto& r : s.replay) r.clear();
   if (s.op_member >= 0) {
     s.group->member(s.op_member)->Release(s.op_session, dirty);
     s.op_member = -1;
@@ -157,6 +161,8 @@ void EndOne(ClientSession& s, OpKind k) {
   s.active[Index(k)] = false;
   s.mode[Index(k)] = OpMode::kNone;
   s.pending[Index(k)].reset();
+  s.inits[Index(k)].reset();
+  s.replay[Index(k)].clear();
   if (!s.AnyActive()) EndAll(s, /*dirty=*/false);
 }
 
@@ -210,6 +216,8 @@ struct KeyFacts {
   CK_KEY_TYPE key_type = 0;
   bool known = false;
   std::optional<bool> usage;
+  // CKA_ALLOWED_MECHANISMS; empty: any.
+  std::vector<CK_MECHANISM_TYPE> allowed;
 };
 
 // What Init's errors depend on, from the registry (token keys) or one read
@@ -225,6 +233,9 @@ absl::StatusOr<KeyFacts> FactsOf(CallContext& ctx, ClientSession& s, const Objec
     if (usage != 0) {
       const v1::Attribute* a = FindAttribute(obj->snapshot.attributes, usage);
       facts.usage = a != nullptr && a->value_case() == v1::Attribute::kBoolean && a->boolean();
+    }
+    if (const v1::Attribute* a = FindAttribute(obj->snapshot.attributes, CKA_ALLOWED_MECHANISMS)) {
+      for (uint64_t m : a->mechanisms().values()) facts.allowed.push_back(m);
     }
     return facts;
   }
@@ -244,12 +255,43 @@ absl::StatusOr<KeyFacts> FactsOf(CallContext& ctx, ClientSession& s, const Objec
     // Not a key at all (a data object or certificate).
     return wire::CkError(CKR_KEY_TYPE_INCONSISTENT, "not a key");
   }
+  CK_ATTRIBUTE allowed = {CKA_ALLOWED_MECHANISMS, nullptr, 0};
+  if (m->fn()->C_GetAttributeValue(h, ref.member_handle, &allowed, 1) == CKR_OK &&
+      allowed.ulValueLen != CK_UNAVAILABLE_INFORMATION && allowed.ulValueLen > 0) {
+    facts.allowed.resize(allowed.ulValueLen / sizeof(CK_MECHANISM_TYPE));
+    allowed.pValue = facts.allowed.data();
+    if (m->fn()->C_GetAttributeValue(h, ref.member_handle, &allowed, 1) != CKR_OK) {
+      facts.allowed.clear();
+    }
+  }
   return facts;
 }
 
+// Mechanisms whose parameter the spec requires (an IV, PSS/OAEP
+// parameters, a MAC length): without one, Init answers
+// CKR_MECHANISM_PARAM_INVALID (SoftHSM says CKR_ARGUMENTS_BAD).
+bool RequiresParameter(CK_MECHANISM_TYPE m) {
+  switch (m) {
+    case CKM_AES_CBC: case CKM_AES_CBC_PAD: case CKM_AES_CTR: case CKM_AES_GCM:
+    case CKM_DES_CBC: case CKM_DES_CBC_PAD: case CKM_DES3_CBC: case CKM_DES3_CBC_PAD:
+    case CKM_RSA_PKCS_PSS: case CKM_SHA1_RSA_PKCS_PSS: case CKM_SHA224_RSA_PKCS_PSS:
+    case CKM_SHA256_RSA_PKCS_PSS: case CKM_SHA384_RSA_PKCS_PSS: case CKM_SHA512_RSA_PKCS_PSS:
+    case CKM_RSA_PKCS_OAEP:
+    case CKM_SHA_1_HMAC_GENERAL: case CKM_SHA224_HMAC_GENERAL: case CKM_SHA256_HMAC_GENERAL:
+    case CKM_SHA384_HMAC_GENERAL: case CKM_SHA512_HMAC_GENERAL: case CKM_AES_CMAC_GENERAL:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Runs the member Init of every operation still pending on this session, on
-// one member session (leased now if the session holds none).
-CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
+// one member session (leased now if the session holds none), and replays
+// the input a moved operation had already processed. A device-class rv is
+// returned with `*tried` set to the member, so the caller can move on; any
+// other error ends the operations.
+CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t>& excluded,
+                  int* tried = nullptr, const std::optional<ObjectRef>& also = std::nullopt) {
   Group& group = *s.group;
   std::vector<size_t> todo;
   for (size_t k = 0; k < kOpKinds; ++k) {
@@ -257,44 +299,89 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
   }
   if (todo.empty()) return CKR_OK;
   if (s.op_member < 0) {
-    // A member holding every key the pending operations name.
+    // A healthy member holding every key the pending operations name.
     auto member = group.RouteWhere([&](size_t i) {
+      if (excluded.count(i)) return false;
+      if (also.has_value() && ctx.HandleOn(group, *also, i) == CK_INVALID_HANDLE) return false;
       for (size_t k : todo) {
         const auto& key = s.pending[k]->key;
         if (key.has_value() && ctx.HandleOn(group, *key, i) == CK_INVALID_HANDLE) return false;
       }
       return true;
     });
-    if (!member.has_value()) return CKR_DEVICE_ERROR;
+    if (!member.has_value()) {
+      for (size_t k : todo) {
+        const auto& key = s.pending[k]->key;
+        // A session key lives on one member and is lost with it (DESIGN §3).
+        if (key.has_value() && key->logical_id == 0 &&
+            !group.member(key->member)->healthy.load()) {
+          EndAll(s, /*dirty=*/true);
+          return CKR_KEY_HANDLE_INVALID;
+        }
+      }
+      return CKR_DEVICE_ERROR;
+    }
+    if (tried != nullptr) *tried = static_cast<int>(*member);
     Member* m = group.member(*member);
-    ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
+    auto h = m->Acquire();
+    if (!h.ok()) return CKR_DEVICE_ERROR;
     s.op_member = static_cast<int>(*member);
-    s.op_session = h;
+    s.op_session = *h;
   }
+  if (tried != nullptr) *tried = s.op_member;
   Member* m = group.member(s.op_member);
   InFlight inflight(m);
+  const absl::Duration timeout = absl::Milliseconds(group.config().call_timeout_ms);
   for (size_t k : todo) {
-    PendingOp& op = *s.pending[k];
-    auto nm = wire::NativeMechanism::Decode(op.mechanism);
-    if (!nm.ok()) {
-      EndAll(s, /*dirty=*/true);
-      return wire::GetCkRv(nm.status());
-    }
-    CK_RV rv;
+    const PendingOp& op = *s.pending[k];
+    struct InitCall {
+      v1::Mechanism mechanism;
+      CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+      bool keyed = false;
+      CK_SESSION_HANDLE session;
+      size_t kind;
+      std::string replay;
+    };
+    auto call = std::make_shared<InitCall>();
+    call->mechanism = op.mechanism;
+    call->session = s.op_session;
+    call->kind = k;
+    call->replay = s.replay[k];
     if (op.key.has_value()) {
-      const CK_OBJECT_HANDLE kh = ctx.HandleOn(group, *op.key, static_cast<size_t>(s.op_member));
-      if (kh == CK_INVALID_HANDLE) {
+      call->keyed = true;
+      call->key = ctx.HandleOn(group, *op.key, static_cast<size_t>(s.op_member));
+      if (call->key == CK_INVALID_HANDLE) {
         EndAll(s, /*dirty=*/true);
         return CKR_KEY_HANDLE_INVALID;
       }
+    }
+    CK_RV rv = m->Invoke<InitCall>(timeout, call, [](CK_FUNCTION_LIST* fn, InitCall& c) -> CK_RV {
+      auto nm = wire::NativeMechanism::Decode(c.mechanism);
+      if (!nm.ok()) return wire::GetCkRv(nm.status());
       static constexpr F kInitOf[kOpKinds] = {F::kEncryptInit, F::kDecryptInit, F::kDigestInit,
                                               F::kSignInit,    F::kVerifyInit,  F::kSignRecoverInit,
                                               F::kVerifyRecoverInit};
-      rv = (m->fn()->*InitFnOf(kInitOf[k]))(s.op_session, nm->get(), kh);
-    } else {
-      rv = m->fn()->C_DigestInit(s.op_session, nm->get());
-    }
+      CK_RV r = c.keyed ? (fn->*InitFnOf(kInitOf[c.kind]))(c.session, nm->get(), c.key)
+                        : fn->C_DigestInit(c.session, nm->get());
+      if (r != CKR_OK || c.replay.empty()) return r;
+      // Replay what the operation processed on the member that failed; its
+      // output went to the caller already and is discarded here.
+      CK_BYTE_PTR in = reinterpret_cast<CK_BYTE_PTR>(c.replay.data());
+      const CK_ULONG n = c.replay.size();
+      std::string sink(n + 256, '\0');
+      CK_ULONG sink_len = sink.size();
+      CK_BYTE_PTR out = reinterpret_cast<CK_BYTE_PTR>(sink.data());
+      switch (static_cast<OpKind>(c.kind)) {
+        case OpKind::kEncrypt: return fn->C_EncryptUpdate(c.session, in, n, out, &sink_len);
+        case OpKind::kDecrypt: return fn->C_DecryptUpdate(c.session, in, n, out, &sink_len);
+        case OpKind::kDigest: return fn->C_DigestUpdate(c.session, in, n);
+        case OpKind::kSign: return fn->C_SignUpdate(c.session, in, n);
+        case OpKind::kVerify: return fn->C_VerifyUpdate(c.session, in, n);
+        default: return CKR_FUNCTION_FAILED;
+      }
+    });
     if (rv != CKR_OK) {
+      if (IsDeviceFailure(rv)) return rv;
       // The member refused what the agent's checks let through: the error
       // surfaces on this call, and the operation ends as the spec says.
       LogInfo(absl::StrCat("member ", m->name(), ": deferred Init for ",
@@ -308,6 +395,82 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f) {
   return CKR_OK;
 }
 
+// Whether a multi-part operation gives the same result when replayed on
+// another member: digest, sign, verify, decrypt, MAC — and encrypt when the
+// caller supplied the IV (a member-generated GCM IV would differ).
+bool Replayable(OpKind kind, const v1::Mechanism& mech) {
+  if (kind == OpKind::kSignRecover || kind == OpKind::kVerifyRecover) return false;
+  if (kind != OpKind::kEncrypt) return true;
+  if (mech.has_gcm()) return !mech.gcm().iv().empty();
+  return true;
+}
+
+// One data-carrying call, owned by a shared state: a worker that overruns
+// its deadline keeps using it after the handler has moved on.
+struct DataCall {
+  F f;
+  Shape shape;
+  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+  std::string in, in2;
+  std::unique_ptr<OutputBuffer> out;
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+
+  CK_RV Run(CK_FUNCTION_LIST* fn) {
+    std::string a = in, b = in2;  // members may write into input buffers
+    switch (shape) {
+      case Shape::kInOut:
+        return (fn->*InOutFnOf(f))(session, reinterpret_cast<CK_BYTE_PTR>(a.data()), a.size(),
+                                   out->ptr(), out->len());
+      case Shape::kIn:
+        return (fn->*InFnOf(f))(session, reinterpret_cast<CK_BYTE_PTR>(a.data()), a.size());
+      case Shape::kOut:
+        return (fn->*OutFnOf(f))(session, out->ptr(), out->len());
+      case Shape::kInIn:
+        return fn->C_Verify(session, reinterpret_cast<CK_BYTE_PTR>(a.data()), a.size(),
+                            reinterpret_cast<CK_BYTE_PTR>(b.data()), b.size());
+      case Shape::kKey:
+        return fn->C_DigestKey(session, key);
+      default:
+        return CKR_GENERAL_ERROR;
+    }
+  }
+};
+
+// Keeps a multi-part operation's input for replay (DESIGN §5), while it
+// fits the configured buffer and replay gives the same result.
+void Remember(ClientSession& s, const OpSpec& spec, const std::string& in) {
+  const size_t k = Index(spec.kind);
+  if (spec.second.has_value() || spec.shape == Shape::kKey) {
+    s.replayable[k] = false;  // dual functions and DigestKey: not replayed
+    return;
+  }
+  if (!s.replayable[k]) return;
+  if (s.replay[k].size() + in.size() > s.group->config().replay_buffer_bytes) {
+    s.replayable[k] = false;
+    s.replay[k].clear();
+    return;
+  }
+  s.replay[k] += in;
+}
+
+// After a member failed: gives up its session and sets every active
+// operation up to be initialised (and replayed) again elsewhere. False if
+// an operation cannot move.
+bool RestartElsewhere(ClientSession& s, const OpSpec& spec) {
+  (void)spec;
+  if (s.op_member >= 0) {
+    s.group->member(s.op_member)->Release(s.op_session, /*dirty=*/true);
+    s.op_member = -1;
+    s.op_session = CK_INVALID_HANDLE;
+  }
+  for (size_t k = 0; k < kOpKinds; ++k) {
+    if (!s.active[k]) continue;
+    if (!s.replayable[k] || !s.inits[k].has_value()) return false;
+    s.pending[k] = s.inits[k];
+  }
+  return true;
+}
+
 CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
   if (s.active[Index(spec.kind)]) return CKR_OPERATION_ACTIVE;
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
@@ -317,6 +480,10 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
   // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
   ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));
   (void)check;
+  if (RequiresParameter(mech->type()) &&
+      mech->params_case() == v1::Mechanism::PARAMS_NOT_SET) {
+    return CKR_MECHANISM_PARAM_INVALID;
+  }
   PendingOp op;
   op.mechanism = *mech;
   if (spec.shape == Shape::kInit) {
@@ -329,9 +496,16 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
       return CKR_KEY_TYPE_INCONSISTENT;
     }
     if (facts.usage.has_value() && !*facts.usage) return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (!facts.allowed.empty() && std::find(facts.allowed.begin(), facts.allowed.end(),
+                                            mech->type()) == facts.allowed.end()) {
+      return CKR_MECHANISM_INVALID;  // not in the key's CKA_ALLOWED_MECHANISMS
+    }
     op.key = ref;
   }
   const bool has_params = mech->params_case() != v1::Mechanism::PARAMS_NOT_SET;
+  s.inits[Index(spec.kind)] = op;
+  s.replay[Index(spec.kind)].clear();
+  s.replayable[Index(spec.kind)] = Replayable(spec.kind, *mech);
   s.pending[Index(spec.kind)] = std::move(op);
   s.active[Index(spec.kind)] = true;
   s.mode[Index(spec.kind)] = OpMode::kNone;
@@ -340,7 +514,21 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
     // is the member's to say, and the spec says it at Init: run the member
     // Init now, so its error stays on C_*Init. Mechanisms without a
     // parameter (the common ECDSA, RSA PKCS#1, HMAC, digest) stay deferred.
-    return Materialize(ctx, s, static_cast<F>(ctx.request().function()));
+    std::set<size_t> excluded;
+    CK_RV rv = CKR_DEVICE_ERROR;
+    for (size_t attempt = 0; attempt < s.group->member_count(); ++attempt) {
+      int tried = -1;
+      rv = Materialize(ctx, s, static_cast<F>(ctx.request().function()), excluded, &tried);
+      if (!IsDeviceFailure(rv) || tried < 0) break;
+      s.group->Suspect(static_cast<size_t>(tried), rv, "Init");
+      excluded.insert(static_cast<size_t>(tried));
+      RestartElsewhere(s, spec);
+    }
+    if (IsDeviceFailure(rv)) {
+      EndOne(s, spec.kind);
+      return CKR_DEVICE_ERROR;
+    }
+    return rv;
   }
   return CKR_OK;
 }
@@ -348,7 +536,8 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
 }  // namespace
 
 CK_RV MaterializeOperations(CallContext& ctx, ClientSession& s) {
-  return Materialize(ctx, s, static_cast<F>(ctx.request().function()));
+  CK_RV rv = Materialize(ctx, s, static_cast<F>(ctx.request().function()), {});
+  return IsDeviceFailure(rv) ? CKR_DEVICE_ERROR : rv;
 }
 
 CK_RV OperationCall(CallContext& ctx) {
@@ -377,47 +566,34 @@ CK_RV OperationCall(CallContext& ctx) {
     EndAll(s, /*dirty=*/true);
     return CKR_OPERATION_ACTIVE;
   }
-  if (CK_RV rv = Materialize(ctx, s, f); rv != CKR_OK) return rv;
-  Member* m = s.group->member(s.op_member);
-  InFlight inflight(m);
-  CK_FUNCTION_LIST* fn = m->fn();
-  const CK_SESSION_HANDLE h = s.op_session;
-  CK_RV rv = CKR_OK;
-  bool produced = false;  // an output was written (not a length query)
+  // The call's data, owned by a state that a worker can outlive us with.
+  auto call = std::make_shared<DataCall>();
+  call->f = f;
+  call->shape = spec->shape;
+  std::optional<ObjectRef> digest_key;
   switch (spec->shape) {
     case Shape::kInOut: {
       ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
       ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(2));
-      std::string data = *in;
-      OutputBuffer out(*cap);
-      rv = (fn->*InOutFnOf(f))(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size(),
-                               out.ptr(), out.len());
-      produced = rv == CKR_OK && !out.is_null();
-      if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
+      call->in = *in;
+      call->out = std::make_unique<OutputBuffer>(*cap);
       break;
     }
     case Shape::kIn: {
       ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
-      std::string data = *in;
-      rv = (fn->*InFnOf(f))(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size());
-      produced = true;
+      call->in = *in;
       break;
     }
     case Shape::kOut: {
       ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(1));
-      OutputBuffer out(*cap);
-      rv = (fn->*OutFnOf(f))(h, out.ptr(), out.len());
-      produced = rv == CKR_OK && !out.is_null();
-      if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
+      call->out = std::make_unique<OutputBuffer>(*cap);
       break;
     }
     case Shape::kInIn: {
       ASSIGN_OR_RV(const std::string* in, ctx.Bytes(1));
       ASSIGN_OR_RV(const std::string* sig, ctx.Bytes(2));
-      std::string data = *in, signature = *sig;
-      rv = fn->C_Verify(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size(),
-                        reinterpret_cast<CK_BYTE_PTR>(signature.data()), signature.size());
-      produced = true;
+      call->in = *in;
+      call->in2 = *sig;
       break;
     }
     case Shape::kKey: {
@@ -427,18 +603,73 @@ CK_RV OperationCall(CallContext& ctx) {
         EndAll(s, /*dirty=*/true);
         return wire::GetCkRv(key.status());
       }
-      const CK_OBJECT_HANDLE key_on_member =
-          ctx.HandleOn(*s.group, *key, static_cast<size_t>(s.op_member));
-      if (key_on_member == CK_INVALID_HANDLE) {
-        EndAll(s, /*dirty=*/true);
-        return CKR_KEY_HANDLE_INVALID;
-      }
-      rv = fn->C_DigestKey(h, key_on_member);
-      if (rv == CKR_OBJECT_HANDLE_INVALID) rv = CKR_KEY_HANDLE_INVALID;
+      digest_key = *key;
       break;
     }
     default:
       return CKR_GENERAL_ERROR;
+  }
+
+  // Runs on a member; on a device failure, moves the operation to another
+  // member holding the key (DESIGN §5: single-part calls are retried, a
+  // multi-part operation is replayed from the agent's buffer when replay
+  // gives the same result; otherwise CKR_DEVICE_ERROR and the next call
+  // works).
+  std::set<size_t> excluded;
+  CK_RV rv = CKR_DEVICE_ERROR;
+  const size_t attempts = s.group->member_count();
+  for (size_t attempt = 0; attempt < attempts; ++attempt) {
+    int member = s.op_member;
+    if (digest_key.has_value() && s.op_member >= 0 &&
+        ctx.HandleOn(*s.group, *digest_key, static_cast<size_t>(s.op_member)) ==
+            CK_INVALID_HANDLE) {
+      // The digest runs where the key is not: move it (replayed) to where
+      // both can be.
+      if (!RestartElsewhere(s, *spec)) {
+        EndAll(s, /*dirty=*/true);
+        return CKR_KEY_HANDLE_INVALID;
+      }
+    }
+    rv = Materialize(ctx, s, f, excluded, &member, digest_key);
+    if (rv == CKR_OK) {
+      Member* m = s.group->member(s.op_member);
+      if (digest_key.has_value()) {
+        call->key = ctx.HandleOn(*s.group, *digest_key, static_cast<size_t>(s.op_member));
+        if (call->key == CK_INVALID_HANDLE) {
+          EndAll(s, /*dirty=*/true);
+          return CKR_KEY_HANDLE_INVALID;
+        }
+      }
+      call->session = s.op_session;
+      InFlight inflight(m);
+      rv = m->Invoke<DataCall>(absl::Milliseconds(s.group->config().call_timeout_ms), call,
+                               [](CK_FUNCTION_LIST* fn, DataCall& c) { return c.Run(fn); });
+      if (rv == CKR_GENERAL_ERROR && !s.group->Probe(static_cast<size_t>(s.op_member))) {
+        rv = CKR_DEVICE_ERROR;  // the member is sick, not the input
+      }
+    }
+    if (!IsDeviceFailure(rv) || member < 0) break;
+    // The member failed the call: report it, drop its session, and move on.
+    s.group->Suspect(static_cast<size_t>(member), rv, wire::FunctionName(static_cast<uint32_t>(f)));
+    excluded.insert(static_cast<size_t>(member));
+    if (!RestartElsewhere(s, *spec)) {
+      EndAll(s, /*dirty=*/true);
+      return CKR_DEVICE_ERROR;
+    }
+    s.group->member(static_cast<size_t>(member))->failovers.fetch_add(1);
+    LogWarning(absl::StrCat("instance ", ctx.instance().id, ": ",
+                            wire::FunctionName(static_cast<uint32_t>(f)), " moves off member ",
+                            s.group->member(static_cast<size_t>(member))->name()));
+  }
+  if (IsDeviceFailure(rv)) {
+    EndAll(s, /*dirty=*/true);
+    return CKR_DEVICE_ERROR;
+  }
+  if (rv == CKR_OBJECT_HANDLE_INVALID && spec->shape == Shape::kKey) rv = CKR_KEY_HANDLE_INVALID;
+  const bool produced = spec->shape == Shape::kIn || spec->shape == Shape::kInIn ||
+                        (rv == CKR_OK && call->out != nullptr && !call->out->is_null());
+  if (call->out != nullptr && (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)) {
+    call->out->Answer(rv, ctx.AddResult());
   }
   if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) {
     EndAll(s, /*dirty=*/true);
@@ -447,6 +678,8 @@ CK_RV OperationCall(CallContext& ctx) {
   if (spec->part == Part::kUpdate) {
     mode = OpMode::kMulti;
     if (spec->second) s.mode[Index(*spec->second)] = OpMode::kMulti;
+    // Kept for replay on another member, up to the configured size.
+    Remember(s, *spec, call->in);
     return rv;
   }
   if (single) mode = OpMode::kSingle;

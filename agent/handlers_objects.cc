@@ -142,8 +142,10 @@ CK_RV FromStatus(const absl::Status& s) { return wire::GetCkRv(s); }
 // Runs the Writer and maps what it made for the instance.
 CK_RV WriteTokenObjects(CallContext& ctx, const ClientSession& session, Writer::How how,
                         size_t source, std::vector<v1::AttributeList> templates,
-                        const std::vector<bool>& is_key, const Writer::MakeFn& make) {
-  auto ids = session.group->writer().Create(how, source, std::move(templates), is_key, make);
+                        const std::vector<bool>& is_key, Writer::MakeFn make,
+                        bool keygen = false) {
+  auto ids = session.group->writer().Create(how, source, std::move(templates), is_key,
+                                            std::move(make), keygen);
   if (!ids.ok()) return FromStatus(ids.status());
   return AdoptTokenObjects(ctx, session, *ids);
 }
@@ -169,7 +171,7 @@ CK_RV CreateObject(CallContext& ctx) {
   (void)check;
   Group& group = *session->group;
   if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
-    return MakeSessionObjects(ctx, *session, group.AnyMember(), 1,
+    return MakeSessionObjects(ctx, *session, ctx.HomeMember(group), 1,
                               [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
                                 auto native = wire::NativeTemplate::Decode(*tmpl);
                                 return m.fn()->C_CreateObject(h, native->data(), native->size(),
@@ -177,11 +179,12 @@ CK_RV CreateObject(CallContext& ctx) {
                               });
   }
   const bool key = IsKeyClass(WireUlong(*tmpl, CKA_CLASS));
-  auto make = [](size_t, Member& m, CK_SESSION_HANDLE h, const std::vector<v1::AttributeList>& t,
+  auto make = [](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
+                 const std::vector<v1::AttributeList>& t,
                  std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
     auto native = wire::NativeTemplate::Decode(t[0]);
     if (!native.ok()) return wire::GetCkRv(native.status());
-    return m.fn()->C_CreateObject(h, native->data(), native->size(), &(*made)[0]);
+    return fn->C_CreateObject(h, native->data(), native->size(), &(*made)[0]);
   };
   return WriteTokenObjects(ctx, *session, key ? Writer::How::kKeysByWrap : Writer::How::kReplay,
                            group.AnyMember(), {*tmpl}, {key}, make);
@@ -213,14 +216,16 @@ CK_RV CopyObject(CallContext& ctx) {
   // (the key value never leaves the members); of a session object (Java
   // turns session keys into token keys this way), made where the source is
   // and replicated like a new key.
-  auto make = [&ctx, &group, ref](size_t member, Member& m, CK_SESSION_HANDLE h,
-                                  const std::vector<v1::AttributeList>& t,
-                                  std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
-    const CK_OBJECT_HANDLE src = ctx.HandleOn(group, ref, member);
+  std::vector<CK_OBJECT_HANDLE> sources(group.member_count());
+  for (size_t i = 0; i < sources.size(); ++i) sources[i] = ctx.HandleOn(group, ref, i);
+  auto make = [sources](size_t member, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
+                        const std::vector<v1::AttributeList>& t,
+                        std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    const CK_OBJECT_HANDLE src = sources[member];
     if (src == CK_INVALID_HANDLE) return CKR_DEVICE_ERROR;
     auto native = wire::NativeTemplate::Decode(t[0]);
     if (!native.ok()) return wire::GetCkRv(native.status());
-    return m.fn()->C_CopyObject(h, src, native->data(), native->size(), &(*made)[0]);
+    return fn->C_CopyObject(h, src, native->data(), native->size(), &(*made)[0]);
   };
   if (ref.logical_id != 0) {
     ASSIGN_OR_RV(auto place, ctx.Place(group, ref, CKR_OBJECT_HANDLE_INVALID));
@@ -575,23 +580,23 @@ CK_RV GenerateKey(CallContext& ctx) {
   ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
   (void)check_mech;
   (void)check;
-  auto make = [mech](size_t, Member& m, CK_SESSION_HANDLE h,
-                     const std::vector<v1::AttributeList>& t,
-                     std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
-    auto nm = wire::NativeMechanism::Decode(*mech);
+  auto make = [mech = *mech](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
+                             const std::vector<v1::AttributeList>& t,
+                             std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto nm = wire::NativeMechanism::Decode(mech);
     auto native = wire::NativeTemplate::Decode(t[0]);
     if (!nm.ok() || !native.ok()) return CKR_GENERAL_ERROR;
-    return m.fn()->C_GenerateKey(h, nm->get(), native->data(), native->size(), &(*made)[0]);
+    return fn->C_GenerateKey(h, nm->get(), native->data(), native->size(), &(*made)[0]);
   };
   CK_RV rv;
   if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
-    rv = MakeSessionObjects(ctx, *session, group.AnyMember(), 1,
+    rv = MakeSessionObjects(ctx, *session, ctx.HomeMember(group), 1,
                             [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
-                              return make(0, m, h, {*tmpl}, made);
+                              return make(0, m.fn(), h, {*tmpl}, made);
                             });
   } else {
     rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(), {*tmpl},
-                           {true}, make);
+                           {true}, make, /*keygen=*/true);
   }
   if (rv == CKR_OK) {
     LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
@@ -618,25 +623,25 @@ CK_RV GenerateKeyPair(CallContext& ctx) {
     LogWarning("C_GenerateKeyPair with one token and one session half refused");
     return CKR_TEMPLATE_INCONSISTENT;
   }
-  auto make = [mech](size_t, Member& m, CK_SESSION_HANDLE h,
-                     const std::vector<v1::AttributeList>& t,
-                     std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
-    auto nm = wire::NativeMechanism::Decode(*mech);
+  auto make = [mech = *mech](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
+                             const std::vector<v1::AttributeList>& t,
+                             std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
+    auto nm = wire::NativeMechanism::Decode(mech);
     auto pub = wire::NativeTemplate::Decode(t[0]);
     auto priv = wire::NativeTemplate::Decode(t[1]);
     if (!nm.ok() || !pub.ok() || !priv.ok()) return CKR_TEMPLATE_INCONSISTENT;
-    return m.fn()->C_GenerateKeyPair(h, nm->get(), pub->data(), pub->size(), priv->data(),
-                                     priv->size(), &(*made)[0], &(*made)[1]);
+    return fn->C_GenerateKeyPair(h, nm->get(), pub->data(), pub->size(), priv->data(),
+                                 priv->size(), &(*made)[0], &(*made)[1]);
   };
   CK_RV rv;
   if (!pub_token) {
-    rv = MakeSessionObjects(ctx, *session, group.AnyMember(), 2,
+    rv = MakeSessionObjects(ctx, *session, ctx.HomeMember(group), 2,
                             [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
-                              return make(0, m, h, {*pub_tmpl, *priv_tmpl}, made);
+                              return make(0, m.fn(), h, {*pub_tmpl, *priv_tmpl}, made);
                             });
   } else {
     rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(),
-                           {*pub_tmpl, *priv_tmpl}, {false, true}, make);
+                           {*pub_tmpl, *priv_tmpl}, {false, true}, make, /*keygen=*/true);
   }
   if (rv == CKR_OK) {
     LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
@@ -676,11 +681,12 @@ CK_RV WrapKey(CallContext& ctx) {
 }
 
 // C_UnwrapKey and C_DeriveKey: a new key from a key the caller names.
+using KeyFromKeyCall = std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE,
+                                           wire::NativeMechanism&, CK_OBJECT_HANDLE base,
+                                           wire::NativeTemplate&, CK_OBJECT_HANDLE*)>;
+
 CK_RV NewKeyFromKey(CallContext& ctx, const v1::Mechanism* mech, uint64_t base, CK_RV invalid_rv,
-                    const v1::AttributeList* tmpl,
-                    const std::function<CK_RV(Member&, CK_SESSION_HANDLE, wire::NativeMechanism&,
-                                              CK_OBJECT_HANDLE base, wire::NativeTemplate&,
-                                              CK_OBJECT_HANDLE*)>& call) {
+                    const v1::AttributeList* tmpl, KeyFromKeyCall call) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   Group& group = *session->group;
   if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
@@ -691,19 +697,22 @@ CK_RV NewKeyFromKey(CallContext& ctx, const v1::Mechanism* mech, uint64_t base, 
   (void)check_mech;
   (void)check;
   ASSIGN_OR_RV(auto place, ctx.Place(group, bref, invalid_rv));
-  auto make = [&](size_t member, Member& m, CK_SESSION_HANDLE h,
+  std::vector<CK_OBJECT_HANDLE> bases(group.member_count());
+  for (size_t i = 0; i < bases.size(); ++i) bases[i] = ctx.HandleOn(group, bref, i);
+  auto make = [mech = *mech, bases, call, invalid_rv](
+                  size_t member, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
                   const std::vector<v1::AttributeList>& t,
                   std::vector<CK_OBJECT_HANDLE>* made) -> CK_RV {
-    auto nm = wire::NativeMechanism::Decode(*mech);
+    auto nm = wire::NativeMechanism::Decode(mech);
     auto native = wire::NativeTemplate::Decode(t[0]);
     if (!nm.ok() || !native.ok()) return CKR_GENERAL_ERROR;
-    CK_RV rv = call(m, h, *nm, ctx.HandleOn(group, bref, member), *native, &(*made)[0]);
+    CK_RV rv = call(fn, h, *nm, bases[member], *native, &(*made)[0]);
     return KeyRv(rv, invalid_rv);
   };
   if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
     return MakeSessionObjects(ctx, *session, place.first, 1,
                               [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
-                                return make(place.first, m, h, {*tmpl}, made);
+                                return make(place.first, m.fn(), h, {*tmpl}, made);
                               });
   }
   return WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, place.first, {*tmpl}, {true},
@@ -715,13 +724,14 @@ CK_RV UnwrapKey(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t unwrapping, ctx.Ulong(2));
   ASSIGN_OR_RV(const std::string* wrapped, ctx.Bytes(3));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(4));
-  std::string blob = *wrapped;
   return NewKeyFromKey(ctx, mech, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID, tmpl,
-                       [&](Member& m, CK_SESSION_HANDLE h, wire::NativeMechanism& nm,
-                           CK_OBJECT_HANDLE base, wire::NativeTemplate& t, CK_OBJECT_HANDLE* out) {
-                         return m.fn()->C_UnwrapKey(h, nm.get(), base,
-                                                    reinterpret_cast<CK_BYTE_PTR>(blob.data()),
-                                                    blob.size(), t.data(), t.size(), out);
+                       [blob = *wrapped](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
+                                         wire::NativeMechanism& nm, CK_OBJECT_HANDLE base,
+                                         wire::NativeTemplate& t, CK_OBJECT_HANDLE* out) {
+                         std::string copy = blob;
+                         return fn->C_UnwrapKey(h, nm.get(), base,
+                                                reinterpret_cast<CK_BYTE_PTR>(copy.data()),
+                                                copy.size(), t.data(), t.size(), out);
                        });
 }
 
@@ -730,9 +740,9 @@ CK_RV DeriveKey(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t base, ctx.Ulong(2));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(3));
   return NewKeyFromKey(ctx, mech, base, CKR_KEY_HANDLE_INVALID, tmpl,
-                       [](Member& m, CK_SESSION_HANDLE h, wire::NativeMechanism& nm,
+                       [](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h, wire::NativeMechanism& nm,
                           CK_OBJECT_HANDLE b, wire::NativeTemplate& t, CK_OBJECT_HANDLE* out) {
-                         return m.fn()->C_DeriveKey(h, nm.get(), b, t.data(), t.size(), out);
+                         return fn->C_DeriveKey(h, nm.get(), b, t.data(), t.size(), out);
                        });
 }
 

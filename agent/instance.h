@@ -58,6 +58,11 @@ struct ClientSession {
   std::array<bool, kOpKinds> active{};
   std::array<OpMode, kOpKinds> mode{};
   std::array<std::optional<PendingOp>, kOpKinds> pending{};
+  // For failover: each active operation's Init, the input its multi-part
+  // calls processed so far, and whether replaying it gives the same result.
+  std::array<std::optional<PendingOp>, kOpKinds> inits{};
+  std::array<std::string, kOpKinds> replay{};
+  std::array<bool, kOpKinds> replayable{};
   // The member session leased while any operation is active.
   int op_member = -1;
   CK_SESSION_HANDLE op_session = CK_INVALID_HANDLE;
@@ -87,6 +92,9 @@ struct Instance {
   // Session objects by (member, member handle); token objects by logical id.
   std::map<std::pair<size_t, CK_OBJECT_HANDLE>, uint64_t> object_index ABSL_GUARDED_BY(mu);
   std::map<uint64_t, uint64_t> logical_index ABSL_GUARDED_BY(mu);
+  // Where this instance's session objects are made, so that they can be
+  // used together (wrap one session key with another); -1: not chosen yet.
+  int home_member ABSL_GUARDED_BY(mu) = -1;
 };
 
 // Random handles in [1, 2^31): never 0, below 2^32 (Windows CK_ULONG), and

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
@@ -44,75 +45,162 @@ absl::StatusOr<std::shared_ptr<MemberLibrary>> MemberLibrary::Load(
   return lib;
 }
 
-absl::StatusOr<std::unique_ptr<Member>> Member::Open(const MemberConfig& config,
-                                                     std::shared_ptr<MemberLibrary> library) {
-  CK_FUNCTION_LIST* fn = library->fn();
+bool IsDeviceFailure(CK_RV rv) {
+  switch (rv) {
+    case kMemberTimedOut:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_REMOVED:
+    case CKR_DEVICE_MEMORY:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SESSION_HANDLE_INVALID:  // our member session, not the client's
+    case CKR_SESSION_CLOSED:
+    case CKR_USER_NOT_LOGGED_IN:      // the member lost its login
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Member::Member(MemberConfig config, std::shared_ptr<MemberLibrary> library)
+    : config_(std::move(config)), library_(std::move(library)), executor_(config_.name) {}
+
+namespace {
+
+struct ConnectResult {
+  CK_SLOT_ID slot = 0;
+  CK_SESSION_HANDLE holder = CK_INVALID_HANDLE;
+  std::vector<CK_SESSION_HANDLE> pool;
+  CK_RV rv = CKR_OK;
+  std::string why;
+};
+
+// Runs on a worker: everything it needs is in `r` and `cfg`.
+void ConnectOnWorker(CK_FUNCTION_LIST* fn, const MemberConfig& cfg, uint32_t pool_min,
+                     ConnectResult& r) {
   CK_ULONG count = 0;
   CK_RV rv = fn->C_GetSlotList(CK_TRUE, nullptr, &count);
-  if (rv != CKR_OK) return wire::CkError(rv, "C_GetSlotList");
   std::vector<CK_SLOT_ID> slots(count);
-  rv = fn->C_GetSlotList(CK_TRUE, slots.data(), &count);
-  if (rv != CKR_OK) return wire::CkError(rv, "C_GetSlotList");
+  if (rv == CKR_OK) rv = fn->C_GetSlotList(CK_TRUE, slots.data(), &count);
+  if (rv != CKR_OK) {
+    r.rv = rv;
+    r.why = "C_GetSlotList: " + wire::CkRvName(rv);
+    return;
+  }
   slots.resize(count);
-  bool found = false;
-  CK_SLOT_ID slot = 0;
+  int found = 0;
   for (CK_SLOT_ID s : slots) {
     CK_TOKEN_INFO info;
     std::memset(&info, 0, sizeof(info));
     if (fn->C_GetTokenInfo(s, &info) != CKR_OK) continue;
     if (!(info.flags & CKF_TOKEN_INITIALIZED)) continue;
-    const bool label_ok = config.token_label.empty() ||
-                          Trimmed(info.label, sizeof(info.label)) == config.token_label;
-    const bool serial_ok = config.token_serial.empty() ||
+    const bool label_ok =
+        cfg.token_label.empty() || Trimmed(info.label, sizeof(info.label)) == cfg.token_label;
+    const bool serial_ok = cfg.token_serial.empty() ||
                            Trimmed(info.serialNumber, sizeof(info.serialNumber)) ==
-                               config.token_serial;
+                               cfg.token_serial;
     if (label_ok && serial_ok) {
-      if (found) {
-        return wire::CkError(CKR_GENERAL_ERROR,
-                             absl::StrCat("member ", config.name, ": more than one token matches"));
-      }
-      found = true;
-      slot = s;
+      ++found;
+      r.slot = s;
     }
   }
-  if (!found) {
-    return wire::CkError(CKR_TOKEN_NOT_PRESENT,
-                         absl::StrCat("member ", config.name, ": no token labelled '",
-                                      config.token_label, "' serial '", config.token_serial, "'"));
+  if (found != 1) {
+    r.rv = CKR_TOKEN_NOT_PRESENT;
+    r.why = found == 0 ? absl::StrCat("no token labelled '", cfg.token_label, "' serial '",
+                                      cfg.token_serial, "'")
+                       : "more than one token matches";
+    return;
   }
-  std::unique_ptr<Member> member(new Member(config.name, std::move(library), slot));
-  rv = fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                         &member->holder_);
-  if (rv != CKR_OK) return wire::CkError(rv, absl::StrCat("member ", config.name, ": C_OpenSession"));
-  std::string pin = config.pin;
-  rv = fn->C_Login(member->holder_, CKU_USER,
-                   reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+  rv = fn->C_OpenSession(r.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &r.holder);
+  if (rv != CKR_OK) {
+    r.rv = rv;
+    r.why = "C_OpenSession: " + wire::CkRvName(rv);
+    return;
+  }
+  std::string pin = cfg.pin;
+  rv = fn->C_Login(r.holder, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
   std::fill(pin.begin(), pin.end(), '\0');
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     // The rv says why; the PIN itself is never logged.
-    return wire::CkError(rv, absl::StrCat("member ", config.name, ": login failed: ",
-                                          wire::CkRvName(rv)));
+    r.rv = rv;
+    r.why = "login failed: " + wire::CkRvName(rv);
+    fn->C_CloseSession(r.holder);
+    return;
   }
-  LogInfo(absl::StrCat("member ", config.name, ": token slot ", slot, " logged in"));
-  return member;
+  for (uint32_t i = 0; i < pool_min; ++i) {
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    if (fn->C_OpenSession(r.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h) !=
+        CKR_OK) {
+      break;
+    }
+    r.pool.push_back(h);
+  }
+}
+
+}  // namespace
+
+absl::Status Member::Connect(absl::Duration timeout) {
+  auto result = std::make_shared<ConnectResult>();
+  auto cfg = std::make_shared<MemberConfig>(config_);
+  const uint32_t pool_min = pool_max_ > 1 ? std::min(pool_min_, pool_max_ - 1) : 0;
+  CK_FUNCTION_LIST* f = fn();
+  const bool done = executor_.Run(
+      timeout, [result, cfg, f, pool_min] { ConnectOnWorker(f, *cfg, pool_min, *result); });
+  if (!done) return wire::CkError(CKR_DEVICE_ERROR, "member did not answer in time");
+  if (result->rv != CKR_OK) return wire::CkError(result->rv, result->why);
+  {
+    absl::MutexLock hlock(&holder_mu_);
+    slot_ = result->slot;
+    holder_ = result->holder;
+  }
+  absl::MutexLock lock(&pool_mu_);
+  idle_ = result->pool;
+  current_ = std::set<CK_SESSION_HANDLE>(result->pool.begin(), result->pool.end());
+  open_ = static_cast<uint32_t>(result->pool.size());
+  down_reason_.clear();
+  LogInfo(absl::StrCat("member ", name(), ": token slot ", slot_, " logged in, ", open_,
+                       " pooled sessions"));
+  return absl::OkStatus();
+}
+
+void Member::Disconnect() {
+  healthy.store(false);
+  std::vector<CK_SESSION_HANDLE> idle;
+  CK_SESSION_HANDLE holder;
+  {
+    absl::MutexLock lock(&pool_mu_);
+    idle.swap(idle_);
+    current_.clear();
+    open_ = 0;
+  }
+  {
+    absl::MutexLock hlock(&holder_mu_);
+    holder = holder_;
+    holder_ = CK_INVALID_HANDLE;
+  }
+  // Closing may hang on a hung member: never wait for it.
+  CK_FUNCTION_LIST* f = fn();
+  executor_.Post([f, idle, holder] {
+    for (CK_SESSION_HANDLE h : idle) f->C_CloseSession(h);
+    if (holder != CK_INVALID_HANDLE) f->C_CloseSession(holder);
+  });
+}
+
+std::string Member::down_reason() {
+  absl::MutexLock lock(&pool_mu_);
+  return down_reason_;
+}
+
+void Member::set_down_reason(std::string why) {
+  absl::MutexLock lock(&pool_mu_);
+  down_reason_ = std::move(why);
 }
 
 void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms) {
   pool_min_ = min;
   pool_max_ = max;
   pool_wait_ms_ = wait_ms;
-  std::vector<CK_SESSION_HANDLE> opened;
-  for (uint32_t i = 0; i < min && i + 1 < max; ++i) {
-    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-    if (fn()->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h) !=
-        CKR_OK) {
-      break;
-    }
-    opened.push_back(h);
-  }
-  absl::MutexLock lock(&pool_mu_);
-  open_ += static_cast<uint32_t>(opened.size());
-  idle_.insert(idle_.end(), opened.begin(), opened.end());
 }
 
 absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
@@ -122,8 +210,8 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
     auto available = [this] { return !idle_.empty() || open_ + 1 < pool_max_; };
     if (!pool_mu_.AwaitWithTimeout(absl::Condition(&available),
                                    absl::Milliseconds(pool_wait_ms_))) {
-      LogWarning(absl::StrCat("member ", name_, ": all ", pool_max_,
-                              " sessions busy for ", pool_wait_ms_, " ms"));
+      LogWarning(absl::StrCat("member ", name(), ": all ", pool_max_, " sessions busy for ",
+                              pool_wait_ms_, " ms"));
       return wire::CkError(CKR_DEVICE_ERROR, "member session pool exhausted");
     }
     if (!idle_.empty()) {
@@ -133,29 +221,38 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
     }
     ++open_;  // reserved; opened below without the lock
   }
-  CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv = fn()->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h);
+  auto h = std::make_shared<CK_SESSION_HANDLE>(CK_INVALID_HANDLE);
+  const CK_SLOT_ID slot = slot_;
+  CK_RV rv = Invoke<CK_SESSION_HANDLE>(
+      absl::Milliseconds(pool_wait_ms_), h,
+      [slot](CK_FUNCTION_LIST* f, CK_SESSION_HANDLE& out) {
+        return f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
+                                &out);
+      });
+  absl::MutexLock lock(&pool_mu_);
   if (rv != CKR_OK) {
-    {
-      absl::MutexLock lock(&pool_mu_);
-      --open_;
-    }
-    LogWarning(absl::StrCat("member ", name_, ": C_OpenSession: ", wire::CkRvName(rv)));
-    return wire::CkError(rv == CKR_SESSION_COUNT ? CKR_DEVICE_MEMORY : CKR_DEVICE_ERROR,
-                         "member session");
+    --open_;
+    LogWarning(absl::StrCat("member ", name(), ": C_OpenSession: ", wire::CkRvName(rv)));
+    return wire::CkError(rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv, "member session");
   }
-  return h;
+  current_.insert(*h);
+  return *h;
 }
 
 void Member::Release(CK_SESSION_HANDLE session, bool dirty) {
-  if (!dirty) {
+  {
     absl::MutexLock lock(&pool_mu_);
-    idle_.push_back(session);
-    return;
+    if (current_.count(session) == 0) return;  // of an earlier connection
+    if (!dirty) {
+      idle_.push_back(session);
+      return;
+    }
+    current_.erase(session);
+    --open_;
   }
-  fn()->C_CloseSession(session);
-  absl::MutexLock lock(&pool_mu_);
-  --open_;
+  // Closing may hang on a sick member: never wait for it.
+  CK_FUNCTION_LIST* f = fn();
+  executor_.Post([f, session] { f->C_CloseSession(session); });
 }
 
 uint32_t Member::open_sessions() {

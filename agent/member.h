@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "call_executor.h"
 #include "config.h"
 #include "wire/cryptoki.h"
 
@@ -39,25 +42,54 @@ class MemberLibrary {
   CK_FUNCTION_LIST* fn_;
 };
 
+// A CK_RV the agent uses internally for "the member did not answer within
+// its deadline"; never sent to a client (it becomes CKR_DEVICE_ERROR).
+inline constexpr CK_RV kMemberTimedOut = CKR_VENDOR_DEFINED | 0x48544fUL;
+
+// True for outcomes that say the member (not the caller) is in trouble:
+// they trigger a probe, and single-part calls are retried elsewhere.
+bool IsDeviceFailure(CK_RV rv);
+
 class Member {
  public:
-  // Finds the token, opens the holder session and logs in.
-  static absl::StatusOr<std::unique_ptr<Member>> Open(const MemberConfig& config,
-                                                      std::shared_ptr<MemberLibrary> library);
+  // A member that is not connected yet (Connect does that).
+  Member(MemberConfig config, std::shared_ptr<MemberLibrary> library);
 
-  const std::string& name() const { return name_; }
+  // Finds the token, opens the holder session, logs in and opens the pool's
+  // minimum; on success the member is up. Used at start and on recovery
+  // (the library is never finalised: other members may share it).
+  absl::Status Connect(absl::Duration timeout);
+  // Forgets every session of the current connection (the member is down:
+  // they are gone or unusable); sessions in use are dropped when released.
+  void Disconnect();
+
+  const std::string& name() const { return config_.name; }
+  const MemberConfig& config() const { return config_; }
   CK_FUNCTION_LIST* fn() const { return library_->fn(); }
   CK_SLOT_ID slot() const { return slot_; }
+  CallExecutor& executor() { return executor_; }
+
+  // Runs `call` on a worker with a deadline; kMemberTimedOut if it overran
+  // (it keeps running; `state` stays alive with it).
+  template <typename State>
+  CK_RV Invoke(absl::Duration timeout, std::shared_ptr<State> state,
+               std::function<CK_RV(CK_FUNCTION_LIST*, State&)> call) {
+    auto rv = std::make_shared<CK_RV>(CKR_GENERAL_ERROR);
+    CK_FUNCTION_LIST* f = fn();
+    const bool done = executor_.Run(timeout, [rv, state, call, f] { *rv = call(f, *state); });
+    return done ? *rv : kMemberTimedOut;
+  }
 
   // Pool bounds (DESIGN §4): `max` counts the holder session too, so the
-  // member never sees more than `max` sessions from this agent. Opens `min`.
+  // member never sees more than `max` sessions from this agent.
   void ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms);
 
   // A pooled session: an idle one, a new one while under the maximum, or
   // the first one released within the wait. CKR_DEVICE_ERROR after the wait.
   absl::StatusOr<CK_SESSION_HANDLE> Acquire();
   // Returns a session. `dirty` (an operation may still be active on it, which
-  // SoftHSM leaves after errors) closes it instead of pooling it.
+  // SoftHSM leaves after errors) closes it instead of pooling it. Sessions of
+  // an earlier connection are dropped.
   void Release(CK_SESSION_HANDLE session, bool dirty);
 
   // Sessions open now (pooled, in use and the holder), for status and tests.
@@ -70,28 +102,34 @@ class Member {
   // Load and health, read by routing and reported by hsmuxctl/metrics.
   std::atomic<int> inflight{0};
   std::atomic<uint64_t> calls{0};
-  std::atomic<bool> healthy{true};
+  std::atomic<uint64_t> failovers{0};
+  std::atomic<bool> healthy{false};
+  std::atomic<bool> drained{false};  // taken out by an operator
   uint32_t weight = 1;
 
   // The member's mechanisms and their info, in the member's own order.
   absl::StatusOr<std::vector<std::pair<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>>> Mechanisms() const;
 
- private:
-  Member(std::string name, std::shared_ptr<MemberLibrary> library, CK_SLOT_ID slot)
-      : name_(std::move(name)), library_(std::move(library)), slot_(slot) {}
+  // Why the member is down, for status ("" when up).
+  std::string down_reason();
+  void set_down_reason(std::string why);
 
-  const std::string name_;
+ private:
+  const MemberConfig config_;
   std::shared_ptr<MemberLibrary> library_;
-  const CK_SLOT_ID slot_;
+  CallExecutor executor_;
+  CK_SLOT_ID slot_ = 0;
   CK_SESSION_HANDLE holder_ = CK_INVALID_HANDLE;
   absl::Mutex holder_mu_;
 
   absl::Mutex pool_mu_;
   std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(pool_mu_);
+  std::set<CK_SESSION_HANDLE> current_ ABSL_GUARDED_BY(pool_mu_);  // this connection's
   uint32_t open_ ABSL_GUARDED_BY(pool_mu_) = 0;  // pooled + in use, not the holder
   uint32_t pool_min_ = 2;
   uint32_t pool_max_ = 16;  // including the holder
   uint32_t pool_wait_ms_ = 5000;
+  std::string down_reason_ ABSL_GUARDED_BY(pool_mu_) = "not connected";
 };
 
 // Counts one call to a member while it runs (routing reads `inflight`).

@@ -72,6 +72,7 @@ absl::StatusOr<DiscoveryReport> Registry::Discover(Group& group) {
   std::vector<std::pair<size_t, CK_OBJECT_HANDLE>> pending;
   for (size_t i = 0; i < member_count_; ++i) {
     Member* m = group.member(i);
+    if (!m->healthy.load()) continue;  // caught up when it comes back
     auto session = m->Acquire();
     if (!session.ok()) return session.status();
     PooledSession ps(m, *session);

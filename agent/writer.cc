@@ -3,6 +3,10 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
+#include <array>
+#include <map>
+#include <set>
 #include <chrono>
 
 #include "absl/time/clock.h"
@@ -97,19 +101,33 @@ v1::AttributeList ReplicaTemplate(const ObjectSnapshot& snap, const std::string&
   return t;
 }
 
-CK_RV DestroyOn(Member& m, CK_OBJECT_HANDLE h) {
-  absl::MutexLock lock(&m.holder_mutex());
-  return m.fn()->C_DestroyObject(m.holder(), h);
-}
-
-CK_RV SetOn(Member& m, CK_OBJECT_HANDLE h, const v1::AttributeList& changes) {
-  auto native = wire::NativeTemplate::Decode(changes);
-  if (!native.ok()) return wire::GetCkRv(native.status());
-  absl::MutexLock lock(&m.holder_mutex());
-  return m.fn()->C_SetAttributeValue(m.holder(), h, native->data(), native->size());
-}
+// Reads the new object's attributes and fingerprint on a member (worker).
+struct ReadState {
+  CK_SESSION_HANDLE session;
+  CK_OBJECT_HANDLE object;
+  Member* member;
+  ObjectSnapshot snapshot;
+  std::string fingerprint;
+};
 
 }  // namespace
+
+CK_RV Writer::OnMember(size_t member, bool keygen,
+                       std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call) {
+  Member* m = group_.member(member);
+  if (!m->healthy.load()) return CKR_DEVICE_ERROR;
+  const absl::Duration timeout = absl::Milliseconds(keygen ? group_.config().keygen_timeout_ms
+                                                           : group_.config().call_timeout_ms);
+  InFlight f(m);
+  absl::MutexLock lock(&m->holder_mutex());
+  const CK_SESSION_HANDLE holder = m->holder();
+  auto state = std::make_shared<int>(0);
+  CK_RV rv = m->Invoke<int>(timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) {
+    return call(fn, holder);
+  });
+  if (IsDeviceFailure(rv)) group_.Suspect(member, rv, "write");
+  return rv;
+}
 
 uint64_t Writer::Journal(const std::string& op, uint64_t logical_id,
                          const v1::JournalPayload& payload, const std::string& state) {
@@ -120,9 +138,7 @@ uint64_t Writer::Journal(const std::string& op, uint64_t logical_id,
   e.op = op;
   e.payload = payload.SerializeAsString();
   e.state = state;
-  e.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
+  e.created_unix_ms = absl::ToUnixMillis(absl::Now());
   auto seq = store_->AppendJournal(e);
   if (!seq.ok()) {
     LogError(absl::StrCat("journal append failed: ", seq.status().message()));
@@ -141,18 +157,28 @@ void Writer::JournalState(uint64_t seq, const std::string& state) {
 void Writer::Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made) {
   for (size_t i = 0; i < made.size(); ++i) {
     for (CK_OBJECT_HANDLE h : made[i]) {
-      if (h != CK_INVALID_HANDLE) DestroyOn(*group_.member(i), h);
+      if (h == CK_INVALID_HANDLE) continue;
+      OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+        return fn->C_DestroyObject(holder, h);
+      });
     }
   }
 }
 
 absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
                                                      std::vector<v1::AttributeList> templates,
-                                                     const std::vector<bool>& is_key,
-                                                     const MakeFn& make) {
+                                                     const std::vector<bool>& is_key, MakeFn make,
+                                                     bool keygen) {
+  absl::ReaderMutexLock no_catchup(&catchup_mu_);
   const size_t n_members = group_.member_count();
   const std::string& policy = group_.config().replication;
+  // `wrap` replicates (and journals, for members that are down); `external`
+  // and `none` make the object on the source only.
   const bool replicate = n_members > 1 && policy == "wrap";
+  std::vector<size_t> targets;  // healthy members other than the source
+  for (size_t i = 0; i < n_members; ++i) {
+    if (i != source && group_.member(i)->healthy.load()) targets.push_back(i);
+  }
   // What the caller asked for, restored once the write is complete.
   std::vector<std::string> final_labels(templates.size());
   std::vector<bool> seal(templates.size(), false);
@@ -183,172 +209,194 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
     o->set_final_label(final_labels[i]);
     o->set_seal(seal[i]);
   }
-  // Creates are journalled once complete (step 4): until then the pending
-  // label is what makes a crash recoverable.
-  const uint64_t seq = 0;
-
+  const size_t count = templates.size();
   std::vector<std::vector<CK_OBJECT_HANDLE>> made(
-      n_members, std::vector<CK_OBJECT_HANDLE>(templates.size(), CK_INVALID_HANDLE));
+      n_members, std::vector<CK_OBJECT_HANDLE>(count, CK_INVALID_HANDLE));
   auto fail = [&](CK_RV rv, const std::string& why) -> absl::Status {
     Undo(made);
-    JournalState(seq, "rolled_back");
     if (rv == CKR_DEVICE_ERROR) LogError(absl::StrCat("replicated write failed: ", why));
     return wire::CkError(rv, why);
   };
+  auto shared_templates = std::make_shared<const std::vector<v1::AttributeList>>(templates);
   auto run_make = [&](size_t i) -> CK_RV {
-    Member* m = group_.member(i);
-    absl::MutexLock lock(&m->holder_mutex());
-    return make(i, *m, m->holder(), templates, &made[i]);
+    auto out = std::make_shared<std::vector<CK_OBJECT_HANDLE>>(count, CK_INVALID_HANDLE);
+    CK_RV rv = OnMember(i, keygen, [make, i, shared_templates, out](CK_FUNCTION_LIST* fn,
+                                                                    CK_SESSION_HANDLE holder) {
+      return make(i, fn, holder, *shared_templates, out.get());
+    });
+    if (rv == CKR_OK) made[i] = *out;
+    return rv;
+  };
+  // A member that fails after the source answered is left to catch-up.
+  auto drop_target = [&](size_t i, const std::string& what, CK_RV rv) {
+    LogWarning(absl::StrCat("member ", group_.member(i)->name(), ": ", what, " failed (",
+                            wire::CkRvName(rv), "); left to catch-up"));
+    for (CK_OBJECT_HANDLE& h : made[i]) {
+      if (h == CK_INVALID_HANDLE) continue;
+      const CK_OBJECT_HANDLE doomed = h;
+      OnMember(i, false, [doomed](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+        return fn->C_DestroyObject(holder, doomed);
+      });
+      h = CK_INVALID_HANDLE;
+    }
+    targets.erase(std::remove(targets.begin(), targets.end(), i), targets.end());
   };
 
-  // 1. The creating call: on every member (replay) or on the source.
+  // 1. The creating call on the source; replays on every healthy member.
+  if (CK_RV rv = run_make(source); rv != CKR_OK) {
+    return fail(rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv, "refused by the member");
+  }
   if (how == How::kReplay && replicate) {
-    for (size_t i = 0; i < n_members; ++i) {
-      const size_t member = (source + i) % n_members;  // the source answers for the caller
-      CK_RV rv = run_make(member);
-      if (rv != CKR_OK) {
-        return fail(i == 0 ? rv : CKR_DEVICE_ERROR,
-                    absl::StrCat("member ", group_.member(member)->name(), " refused a replay: ",
-                                 wire::CkRvName(rv)));
-      }
+    for (size_t i : std::vector<size_t>(targets)) {
+      if (CK_RV rv = run_make(i); rv != CKR_OK) drop_target(i, "replay", rv);
     }
-  } else {
-    CK_RV rv = run_make(source);
-    if (rv != CKR_OK) return fail(rv, "refused by the member");
   }
 
-  // 2. Keys: wrap on the source, unwrap everywhere else; public halves of
-  //    generated pairs are copied by attributes.
+  // 2. Read what was made on the source: attributes, fingerprint.
+  std::vector<ObjectSnapshot> snaps(count);
+  std::vector<std::string> fps(count);
+  Member* src = group_.member(source);
+  for (size_t k = 0; k < count; ++k) {
+    auto session = src->Acquire();
+    if (!session.ok()) return fail(CKR_DEVICE_ERROR, "no session on the source member");
+    auto st = std::make_shared<ReadState>();
+    st->session = *session;
+    st->object = made[source][k];
+    st->member = src;
+    CK_RV rv = src->Invoke<ReadState>(
+        absl::Milliseconds(group_.config().call_timeout_ms), st,
+        [](CK_FUNCTION_LIST*, ReadState& r) {
+          auto snap = ReadObject(*r.member, r.session, r.object);
+          if (!snap.ok()) return wire::GetCkRv(snap.status());
+          r.snapshot = std::move(*snap);
+          r.fingerprint = Fingerprint(*r.member, r.session, r.object, r.snapshot);
+          return CKR_OK;
+        });
+    src->Release(*session, rv != CKR_OK);
+    if (rv != CKR_OK) return fail(CKR_DEVICE_ERROR, "cannot read the new object");
+    snaps[k] = std::move(st->snapshot);
+    fps[k] = std::move(st->fingerprint);
+    payload.mutable_objects(static_cast<int>(k))->set_fingerprint(fps[k]);
+    payload.mutable_objects(static_cast<int>(k))->set_object_class(snaps[k].object_class);
+  }
+
+  // 3. Keys: wrap on the source, unwrap on the other healthy members; public
+  //    halves of generated pairs are copied by attributes.
   if (how == How::kKeysByWrap && replicate) {
     const std::vector<CK_OBJECT_HANDLE> rk = registry_.replication_keys();
-    for (size_t i = 0; i < n_members; ++i) {
-      if (rk.size() <= i || rk[i] == CK_INVALID_HANDLE) {
-        return fail(CKR_DEVICE_ERROR,
-                    absl::StrCat("group ", group_.config().label, " has no replication key on ",
-                                 group_.member(i)->name(),
-                                 ": run hsmuxctl create-replication-key"));
-      }
+    auto rk_on = [&](size_t i) { return i < rk.size() ? rk[i] : CK_INVALID_HANDLE; };
+    if (rk_on(source) == CK_INVALID_HANDLE) {
+      return fail(CKR_DEVICE_ERROR,
+                  absl::StrCat("group ", group_.config().label, " has no replication key on ",
+                               src->name(), ": run hsmuxctl create-replication-key"));
     }
-    Member* src = group_.member(source);
-    for (size_t k = 0; k < templates.size(); ++k) {
-      ObjectSnapshot snap;
-      {
-        auto s = src->Acquire();
-        if (!s.ok()) return fail(CKR_DEVICE_ERROR, "no session on the source member");
-        PooledSession ps(src, *s);
-        auto read = ReadObject(*src, *s, made[source][k]);
-        if (!read.ok()) return fail(CKR_DEVICE_ERROR, "cannot read the new object");
-        snap = std::move(*read);
-      }
-      const bool key = snap.object_class == CKO_SECRET_KEY || snap.object_class == CKO_PRIVATE_KEY;
-      std::string blob;
+    for (size_t k = 0; k < count; ++k) {
+      const bool key =
+          snaps[k].object_class == CKO_SECRET_KEY || snaps[k].object_class == CKO_PRIVATE_KEY;
+      auto blob = std::make_shared<std::string>();
       if (key) {
-        CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
-        absl::MutexLock lock(&src->holder_mutex());
-        CK_ULONG len = 0;
-        CK_RV rv = src->fn()->C_WrapKey(src->holder(), &wrap, rk[source], made[source][k],
-                                        nullptr, &len);
-        if (rv == CKR_OK) {
-          blob.resize(len);
-          rv = src->fn()->C_WrapKey(src->holder(), &wrap, rk[source], made[source][k],
-                                    reinterpret_cast<CK_BYTE_PTR>(blob.data()), &len);
-          blob.resize(len);
-        }
+        const CK_OBJECT_HANDLE wrapping = rk_on(source), target = made[source][k];
+        CK_RV rv = OnMember(source, false, [blob, wrapping, target](CK_FUNCTION_LIST* fn,
+                                                                    CK_SESSION_HANDLE holder) {
+          CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+          CK_ULONG len = 0;
+          CK_RV r = fn->C_WrapKey(holder, &wrap, wrapping, target, nullptr, &len);
+          if (r != CKR_OK) return r;
+          blob->resize(len);
+          r = fn->C_WrapKey(holder, &wrap, wrapping, target,
+                            reinterpret_cast<CK_BYTE_PTR>(blob->data()), &len);
+          blob->resize(len);
+          return r;
+        });
         if (rv != CKR_OK) {
           return fail(CKR_DEVICE_ERROR, absl::StrCat("wrap on ", src->name(), ": ",
                                                      wire::CkRvName(rv)));
         }
-        payload.mutable_objects(static_cast<int>(k))->set_wrapped_key(blob);
+        payload.mutable_objects(static_cast<int>(k))->set_wrapped_key(*blob);
       }
-      const v1::AttributeList tmpl = ReplicaTemplate(snap, pending, true);
+      const v1::AttributeList tmpl = ReplicaTemplate(snaps[k], pending, true);
       *payload.mutable_objects(static_cast<int>(k))->mutable_template_() = tmpl;
-      auto native = wire::NativeTemplate::Decode(tmpl);
-      if (!native.ok()) return fail(CKR_DEVICE_ERROR, "replica template");
-      for (size_t i = 0; i < n_members; ++i) {
-        if (i == source) continue;
-        Member* m = group_.member(i);
-        CK_RV rv;
-        {
-          absl::MutexLock lock(&m->holder_mutex());
-          if (key) {
-            CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
-            rv = m->fn()->C_UnwrapKey(m->holder(), &unwrap, rk[i],
-                                      reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
-                                      native->data(), native->size(), &made[i][k]);
-          } else {
-            rv = m->fn()->C_CreateObject(m->holder(), native->data(), native->size(),
-                                         &made[i][k]);
-          }
+      for (size_t i : std::vector<size_t>(targets)) {
+        if (key && rk_on(i) == CK_INVALID_HANDLE) {
+          drop_target(i, "unwrap (no replication key)", CKR_KEY_HANDLE_INVALID);
+          continue;
         }
+        auto out = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
+        const CK_OBJECT_HANDLE unwrapping = rk_on(i);
+        CK_RV rv = OnMember(i, false, [key, blob, tmpl, unwrapping, out](
+                                          CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          auto native = wire::NativeTemplate::Decode(tmpl);
+          if (!native.ok()) return wire::GetCkRv(native.status());
+          if (!key) return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
+          CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+          return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
+                                 reinterpret_cast<CK_BYTE_PTR>(blob->data()), blob->size(),
+                                 native->data(), native->size(), out.get());
+        });
         if (rv != CKR_OK) {
-          return fail(CKR_DEVICE_ERROR, absl::StrCat(key ? "unwrap" : "copy", " on ", m->name(),
-                                                     ": ", wire::CkRvName(rv)));
+          drop_target(i, key ? "unwrap" : "copy", rv);
+          continue;
         }
+        made[i][k] = *out;
       }
     }
+  } else if (policy == "external" && n_members > 1) {
+    // The vendor's tooling copies new objects: wait (bounded) for them.
+    WaitForExternalCopies(source, count, &made);
   }
 
-  // 3. Complete: the caller's labels, then seal, on every replica.
+  // 4. Complete: the caller's labels, then seal, on every replica.
   if (replicate) {
     for (size_t i = 0; i < n_members; ++i) {
-      for (size_t k = 0; k < templates.size(); ++k) {
+      bool ok = true;
+      for (size_t k = 0; k < count && ok; ++k) {
+        if (made[i][k] == CK_INVALID_HANDLE) continue;
         v1::AttributeList finish;
         SetWire(finish, CKA_LABEL, BytesAttr(final_labels[k]));
         if (seal[k]) SetWire(finish, CKA_EXTRACTABLE, BoolAttr(false));
-        CK_RV rv = SetOn(*group_.member(i), made[i][k], finish);
+        const CK_OBJECT_HANDLE h = made[i][k];
+        CK_RV rv = OnMember(i, false, [finish, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          auto native = wire::NativeTemplate::Decode(finish);
+          if (!native.ok()) return wire::GetCkRv(native.status());
+          return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+        });
         if (rv != CKR_OK) {
-          return fail(CKR_DEVICE_ERROR, absl::StrCat("completing on ", group_.member(i)->name(),
-                                                     ": ", wire::CkRvName(rv)));
+          if (i == source) {
+            return fail(CKR_DEVICE_ERROR, absl::StrCat("completing on ", src->name(), ": ",
+                                                       wire::CkRvName(rv)));
+          }
+          drop_target(i, "completing", rv);
+          ok = false;
         }
       }
     }
   }
 
-  // External replication: the vendor's tooling copies new objects; wait
-  // (bounded) for them to appear on the other members, matched by class,
-  // ID, label and fingerprint.
-  if (policy == "external" && n_members > 1) {
-    WaitForExternalCopies(source, templates.size(), &made);
-  }
-
-  // 4. Register (visible from now on) and acknowledge.
+  // 5. Journal (before the caller hears of it: the wrapped blobs, never a
+  //    clear value, let members that missed the write catch up), register
+  //    (visible from now on), answer.
+  if (replicate) Journal("create", 0, payload, "acked");
   std::vector<uint64_t> ids;
-  for (size_t k = 0; k < templates.size(); ++k) {
+  for (size_t k = 0; k < count; ++k) {
     LogicalObject obj;
     obj.handles.assign(n_members, CK_INVALID_HANDLE);
-    bool first = true;
-    for (size_t i = 0; i < n_members; ++i) {
-      if (made[i][k] == CK_INVALID_HANDLE) continue;
-      obj.handles[i] = made[i][k];
-      Member* m = group_.member(i);
-      auto s = m->Acquire();
-      if (!s.ok()) continue;
-      PooledSession ps(m, *s);
-      auto snap = ReadObject(*m, *s, made[i][k]);
-      if (!snap.ok()) continue;
-      if (first) {
-        obj.snapshot = std::move(*snap);
-        obj.fingerprint = Fingerprint(*m, *s, made[i][k], obj.snapshot);
-        first = false;
-      } else {
-        // Replicas made by unwrapping read CKA_LOCAL/NEVER_EXTRACTABLE false:
-        // the weakest value is what clients see.
-        for (auto& a : *obj.snapshot.attributes.mutable_attributes()) {
-          if (a.type() == CKA_LOCAL || a.type() == CKA_NEVER_EXTRACTABLE ||
-              a.type() == CKA_ALWAYS_SENSITIVE) {
-            const v1::Attribute* o = FindAttribute(snap->attributes, a.type());
-            a.set_boolean(a.boolean() && o != nullptr && o->boolean());
-          }
-        }
+    for (size_t i = 0; i < n_members; ++i) obj.handles[i] = made[i][k];
+    obj.snapshot = snaps[k];
+    obj.fingerprint = fps[k];
+    // Replicas made by unwrapping read CKA_LOCAL/NEVER_EXTRACTABLE false: the
+    // weakest value is what clients see; the caller's label; the seal.
+    for (auto& a : *obj.snapshot.attributes.mutable_attributes()) {
+      const bool copied = replicate && how == How::kKeysByWrap;
+      if (copied && (a.type() == CKA_LOCAL || a.type() == CKA_NEVER_EXTRACTABLE)) {
+        a.set_boolean(false);
       }
+      if (copied && a.type() == CKA_ALWAYS_SENSITIVE) a.set_boolean(false);
+      if (a.type() == CKA_LABEL) a.set_bytes(final_labels[k]);
+      if (seal[k] && a.type() == CKA_EXTRACTABLE) a.set_boolean(false);
     }
+    obj.snapshot.label = final_labels[k];
     obj.proof = replicate ? "created" : (policy == "external" ? "attributes" : "unproven");
     ids.push_back(registry_.Add(std::move(obj)));
-  }
-  if (replicate) {
-    // Recorded before the caller hears of it. The journal keeps the wrapped
-    // blobs (never a clear value) for members that must be caught up later.
-    Journal("create", ids.front(), payload, "acked");
   }
   return ids;
 }
@@ -406,8 +454,8 @@ void Writer::WaitForExternalCopies(size_t source, size_t count,
     if (absl::Now() >= deadline) {
       LogWarning(absl::StrCat("group ", group_.config().label,
                               ": external replication did not copy a new object to every member "
-                              "within ", group_.config().external_wait_ms, " ms; served from where "
-                              "it is"));
+                              "within ", group_.config().external_wait_ms,
+                              " ms; served from where it is"));
       return;
     }
     absl::SleepFor(absl::Milliseconds(200));
@@ -415,28 +463,35 @@ void Writer::WaitForExternalCopies(size_t source, size_t count,
 }
 
 CK_RV Writer::Destroy(uint64_t logical_id) {
+  absl::ReaderMutexLock no_catchup(&catchup_mu_);
   auto obj = registry_.Get(logical_id);
   if (obj == nullptr) return CKR_OBJECT_HANDLE_INVALID;
   v1::JournalPayload payload;
   payload.set_fingerprint(obj->fingerprint);
-  // The first replica answers for the caller (CKA_DESTROYABLE=FALSE etc.).
+  // The first healthy replica answers for the caller (CKA_DESTROYABLE=FALSE).
   size_t first = obj->handles.size();
   for (size_t i = 0; i < obj->handles.size(); ++i) {
-    if (obj->OnMember(i)) {
+    if (obj->OnMember(i) && group_.member(i)->healthy.load()) {
       first = i;
       break;
     }
   }
-  if (first == obj->handles.size()) return CKR_OBJECT_HANDLE_INVALID;
+  if (first == obj->handles.size()) return CKR_DEVICE_ERROR;
   const uint64_t seq = Journal("destroy", logical_id, payload, "pending");
-  CK_RV rv = DestroyOn(*group_.member(first), obj->handles[first]);
+  const CK_OBJECT_HANDLE h0 = obj->handles[first];
+  CK_RV rv = OnMember(first, false, [h0](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+    return fn->C_DestroyObject(holder, h0);
+  });
   if (rv != CKR_OK) {
     JournalState(seq, "rolled_back");
-    return rv;
+    return rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv;
   }
   for (size_t i = first + 1; i < obj->handles.size(); ++i) {
     if (!obj->OnMember(i)) continue;
-    CK_RV r = DestroyOn(*group_.member(i), obj->handles[i]);
+    const CK_OBJECT_HANDLE h = obj->handles[i];
+    CK_RV r = OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      return fn->C_DestroyObject(holder, h);
+    });
     if (r != CKR_OK) {
       // The tombstone makes the member drop it when it is next caught up.
       LogWarning(absl::StrCat("member ", group_.member(i)->name(),
@@ -462,6 +517,7 @@ CK_RV Writer::Destroy(uint64_t logical_id) {
 }
 
 CK_RV Writer::SetAttributes(uint64_t logical_id, const v1::AttributeList& changes) {
+  absl::ReaderMutexLock no_catchup(&catchup_mu_);
   auto obj = registry_.Get(logical_id);
   if (obj == nullptr) return CKR_OBJECT_HANDLE_INVALID;
   // The old values, to put back if a later member refuses.
@@ -475,22 +531,39 @@ CK_RV Writer::SetAttributes(uint64_t logical_id, const v1::AttributeList& change
   payload.set_fingerprint(obj->fingerprint);
   *payload.mutable_attributes() = changes;
   const uint64_t seq = Journal("set_attributes", logical_id, payload, "pending");
+  auto apply = [this](size_t i, CK_OBJECT_HANDLE h, const v1::AttributeList& list) {
+    return OnMember(i, false, [h, list](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      auto native = wire::NativeTemplate::Decode(list);
+      if (!native.ok()) return wire::GetCkRv(native.status());
+      return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+    });
+  };
   std::vector<size_t> done;
   for (size_t i = 0; i < obj->handles.size(); ++i) {
-    if (!obj->OnMember(i)) continue;
-    CK_RV rv = SetOn(*group_.member(i), obj->handles[i], changes);
-    if (rv != CKR_OK) {
-      for (size_t j : done) SetOn(*group_.member(j), obj->handles[j], old);
-      JournalState(seq, "rolled_back");
-      if (done.empty()) return rv;
-      LogError(absl::StrCat("member ", group_.member(i)->name(),
-                            ": attribute change failed after others took it: ",
-                            wire::CkRvName(rv)));
-      return CKR_DEVICE_ERROR;
+    if (!obj->OnMember(i) || !group_.member(i)->healthy.load()) continue;
+    CK_RV rv = apply(i, obj->handles[i], changes);
+    if (rv == CKR_OK) {
+      done.push_back(i);
+      continue;
     }
-    done.push_back(i);
+    if (IsDeviceFailure(rv) && !done.empty()) {
+      // The member is in trouble, not the request: catch-up aligns it.
+      LogWarning(absl::StrCat("member ", group_.member(i)->name(),
+                              ": attribute change left to catch-up (", wire::CkRvName(rv), ")"));
+      continue;
+    }
+    for (size_t j : done) apply(j, obj->handles[j], old);
+    JournalState(seq, "rolled_back");
+    if (done.empty()) return rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv;
+    LogError(absl::StrCat("member ", group_.member(i)->name(),
+                          ": attribute change refused after others took it: ",
+                          wire::CkRvName(rv)));
+    return CKR_DEVICE_ERROR;
   }
-  // Refresh what clients see from a replica.
+  if (done.empty()) {
+    JournalState(seq, "rolled_back");
+    return CKR_DEVICE_ERROR;
+  }
   auto updated = std::make_shared<LogicalObject>(*obj);
   for (const auto& c : changes.attributes()) SetWire(updated->snapshot.attributes, c.type(), c);
   for (const auto& c : changes.attributes()) {
@@ -510,63 +583,268 @@ absl::Status Writer::CreateReplicationKey() {
                                                    " already has a replication key"));
     }
   }
-  unsigned char value[32];
-  if (RAND_bytes(value, sizeof(value)) != 1) return absl::InternalError("no randomness");
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  std::string label = kReplicationKeyLabel;
-  CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                         {CKA_TOKEN, &yes, sizeof(yes)},
-                         {CKA_PRIVATE, &yes, sizeof(yes)},
-                         {CKA_SENSITIVE, &yes, sizeof(yes)},
-                         {CKA_EXTRACTABLE, &no, sizeof(no)},
-                         {CKA_WRAP, &yes, sizeof(yes)},
-                         {CKA_UNWRAP, &yes, sizeof(yes)},
-                         {CKA_ENCRYPT, &no, sizeof(no)},
-                         {CKA_DECRYPT, &no, sizeof(no)},
-                         {CKA_LABEL, label.data(), label.size()},
-                         {CKA_VALUE, value, sizeof(value)}};
+  for (size_t i = 0; i < group_.member_count(); ++i) {
+    if (!group_.member(i)->healthy.load()) {
+      return absl::UnavailableError(absl::StrCat("member ", group_.member(i)->name(),
+                                                 " is down: the key must be made on every member"));
+    }
+  }
+  // The value lives in a buffer the workers share until every member has it.
+  auto value = std::shared_ptr<std::array<unsigned char, 32>>(
+      new std::array<unsigned char, 32>(), [](std::array<unsigned char, 32>* v) {
+        OPENSSL_cleanse(v->data(), v->size());
+        delete v;
+      });
+  if (RAND_bytes(value->data(), static_cast<int>(value->size())) != 1) {
+    return absl::InternalError("no randomness");
+  }
   std::vector<std::pair<size_t, CK_OBJECT_HANDLE>> made;
   for (size_t i = 0; i < group_.member_count(); ++i) {
-    Member* m = group_.member(i);
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_RV rv;
-    {
-      absl::MutexLock lock(&m->holder_mutex());
-      rv = m->fn()->C_CreateObject(m->holder(), tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
-    }
+    auto out = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
+    CK_RV rv = OnMember(i, false, [value, out](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+      CK_KEY_TYPE kt = CKK_AES;
+      CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+      std::string label = kReplicationKeyLabel;
+      CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                             {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                             {CKA_TOKEN, &yes, sizeof(yes)},
+                             {CKA_PRIVATE, &yes, sizeof(yes)},
+                             {CKA_SENSITIVE, &yes, sizeof(yes)},
+                             {CKA_EXTRACTABLE, &no, sizeof(no)},
+                             {CKA_WRAP, &yes, sizeof(yes)},
+                             {CKA_UNWRAP, &yes, sizeof(yes)},
+                             {CKA_ENCRYPT, &no, sizeof(no)},
+                             {CKA_DECRYPT, &no, sizeof(no)},
+                             {CKA_LABEL, label.data(), label.size()},
+                             {CKA_VALUE, value->data(), value->size()}};
+      return fn->C_CreateObject(holder, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), out.get());
+    });
     if (rv != CKR_OK) {
-      OPENSSL_cleanse(value, sizeof(value));
-      for (auto& [j, hj] : made) DestroyOn(*group_.member(j), hj);
-      return wire::CkError(rv, absl::StrCat("member ", m->name(),
+      for (auto& [j, hj] : made) {
+        const CK_OBJECT_HANDLE doomed = hj;
+        OnMember(j, false, [doomed](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          return fn->C_DestroyObject(holder, doomed);
+        });
+      }
+      return wire::CkError(rv, absl::StrCat("member ", group_.member(i)->name(),
                                             ": creating the replication key: ",
                                             wire::CkRvName(rv)));
     }
-    made.emplace_back(i, h);
+    made.emplace_back(i, *out);
   }
-  OPENSSL_cleanse(value, sizeof(value));
   for (auto& [i, h] : made) registry_.SetReplicationKey(i, h);
-  LogInfo(absl::StrCat("group ", group_.config().label, ": replication key created on ",
-                       made.size(), " members"));
+  LogInfo(absl::StrCat("audit: group ", group_.config().label,
+                       ": replication key created on ", made.size(), " members"));
+  return absl::OkStatus();
+}
+
+namespace {
+
+struct FoundOnMember {
+  CK_OBJECT_HANDLE handle;
+  ObjectSnapshot snapshot;
+  std::string fingerprint;
+};
+
+struct MemberScan {
+  Member* member;
+  CK_SESSION_HANDLE session;
+  std::vector<FoundOnMember> found;
+};
+
+CK_RV ScanMember(MemberScan& scan) {
+  Member& m = *scan.member;
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE tmpl = {CKA_TOKEN, &yes, sizeof(yes)};
+  CK_RV rv = m.fn()->C_FindObjectsInit(scan.session, &tmpl, 1);
+  if (rv != CKR_OK) return rv;
+  std::vector<CK_OBJECT_HANDLE> handles;
+  CK_OBJECT_HANDLE batch[256];
+  CK_ULONG got = 0;
+  do {
+    rv = m.fn()->C_FindObjects(scan.session, batch, 256, &got);
+    if (rv != CKR_OK) break;
+    handles.insert(handles.end(), batch, batch + got);
+  } while (got == 256);
+  m.fn()->C_FindObjectsFinal(scan.session);
+  if (rv != CKR_OK) return rv;
+  for (CK_OBJECT_HANDLE h : handles) {
+    auto snap = ReadObject(m, scan.session, h);
+    if (!snap.ok()) continue;
+    FoundOnMember f{h, std::move(*snap), ""};
+    if (f.snapshot.label != kReplicationKeyLabel &&
+        f.snapshot.label.rfind(kPendingLabelPrefix, 0) != 0) {
+      f.fingerprint = Fingerprint(m, scan.session, h, f.snapshot);
+    }
+    scan.found.push_back(std::move(f));
+  }
+  return CKR_OK;
+}
+
+}  // namespace
+
+absl::Status Writer::CatchUp(size_t i) {
+  absl::MutexLock alone(&catchup_mu_);
+  Member* m = group_.member(i);
+  HSMUX_ASSIGN_OR_RETURN(CK_SESSION_HANDLE session, m->Acquire());
+  auto scan = std::make_shared<MemberScan>();
+  scan->member = m;
+  scan->session = session;
+  CK_RV rv = m->Invoke<MemberScan>(absl::Milliseconds(group_.config().keygen_timeout_ms), scan,
+                                   [](CK_FUNCTION_LIST*, MemberScan& s) { return ScanMember(s); });
+  m->Release(session, rv != CKR_OK);
+  if (rv != CKR_OK) return wire::CkError(CKR_DEVICE_ERROR, "scan: " + wire::CkRvName(rv));
+
+  std::vector<StoredObject> tombstones;
+  std::map<std::string, v1::JournalObject> journalled;  // fingerprint -> latest create
+  if (store_ != nullptr) {
+    auto stored = store_->ListObjects(group_.config().slot_id);
+    if (stored.ok()) {
+      for (auto& o : *stored) {
+        if (o.state == "tombstone") tombstones.push_back(o);
+      }
+    }
+    auto entries = store_->ListJournal(group_.config().slot_id, "acked");
+    if (entries.ok()) {
+      for (const JournalEntry& e : *entries) {
+        if (e.op != "create") continue;
+        v1::JournalPayload p;
+        if (!p.ParseFromString(e.payload)) continue;
+        for (const auto& o : p.objects()) {
+          if (!o.fingerprint().empty()) journalled[o.fingerprint()] = o;
+        }
+      }
+    }
+  }
+  auto destroy = [&](CK_OBJECT_HANDLE h) {
+    return OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      return fn->C_DestroyObject(holder, h);
+    });
+  };
+  size_t matched = 0, dropped = 0, made = 0;
+  std::set<uint64_t> present;
+  for (const FoundOnMember& f : scan->found) {
+    const ObjectSnapshot& snap = f.snapshot;
+    if (snap.object_class == CKO_SECRET_KEY && snap.label == kReplicationKeyLabel) {
+      registry_.SetReplicationKey(i, f.handle);
+      continue;
+    }
+    if (snap.label.rfind(kPendingLabelPrefix, 0) == 0) {
+      destroy(f.handle);  // left by a write that did not finish here
+      ++dropped;
+      continue;
+    }
+    bool known = false;
+    for (const auto& obj : registry_.All()) {
+      if (f.fingerprint.empty() || obj->fingerprint != f.fingerprint ||
+          obj->snapshot.object_class != snap.object_class || present.count(obj->id)) {
+        continue;
+      }
+      auto updated = std::make_shared<LogicalObject>(*obj);
+      updated->handles[i] = f.handle;
+      registry_.Replace(updated);
+      present.insert(obj->id);
+      known = true;
+      ++matched;
+      // Labels and IDs changed while the member was out.
+      if (snap.label != obj->snapshot.label || snap.cka_id != obj->snapshot.cka_id) {
+        v1::AttributeList fix;
+        SetWire(fix, CKA_LABEL, BytesAttr(obj->snapshot.label));
+        SetWire(fix, CKA_ID, BytesAttr(obj->snapshot.cka_id));
+        const CK_OBJECT_HANDLE h = f.handle;
+        OnMember(i, false, [fix, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          auto native = wire::NativeTemplate::Decode(fix);
+          if (!native.ok()) return wire::GetCkRv(native.status());
+          return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+        });
+      }
+      break;
+    }
+    if (known) continue;
+    bool dead = false;
+    for (const StoredObject& t : tombstones) {
+      dead |= !f.fingerprint.empty() && t.fingerprint == f.fingerprint &&
+              t.object_class == snap.object_class;
+    }
+    if (dead) {
+      // Destroyed while the member was out: never resurrected.
+      destroy(f.handle);
+      ++dropped;
+    }
+  }
+  // Objects the member missed: made from the journal (keys from their
+  // wrapped blob, public objects from their template).
+  const std::vector<CK_OBJECT_HANDLE> rk = registry_.replication_keys();
+  for (const auto& obj : registry_.All()) {
+    if (obj->OnMember(i)) continue;
+    auto j = journalled.find(obj->fingerprint);
+    if (j == journalled.end()) {
+      LogWarning(absl::StrCat("member ", m->name(), ": '", obj->snapshot.label,
+                              "' missing and not in the journal; served from other members"));
+      continue;
+    }
+    const v1::JournalObject jo = j->second;
+    const bool key = !jo.wrapped_key().empty();
+    if (key && (i >= rk.size() || rk[i] == CK_INVALID_HANDLE)) {
+      return absl::FailedPreconditionError("the member has no replication key");
+    }
+    auto out = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
+    const CK_OBJECT_HANDLE unwrapping = key ? rk[i] : CK_INVALID_HANDLE;
+    CK_RV r = OnMember(i, false, [jo, key, unwrapping, out](CK_FUNCTION_LIST* fn,
+                                                           CK_SESSION_HANDLE holder) {
+      auto native = wire::NativeTemplate::Decode(jo.template_());
+      if (!native.ok()) return wire::GetCkRv(native.status());
+      if (!key) return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
+      std::string blob = jo.wrapped_key();
+      CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+      return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
+                             reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
+                             native->data(), native->size(), out.get());
+    });
+    if (r != CKR_OK) {
+      return wire::CkError(CKR_DEVICE_ERROR,
+                           absl::StrCat("catching up '", obj->snapshot.label, "': ",
+                                        wire::CkRvName(r)));
+    }
+    v1::AttributeList finish;
+    SetWire(finish, CKA_LABEL, BytesAttr(obj->snapshot.label));
+    SetWire(finish, CKA_ID, BytesAttr(obj->snapshot.cka_id));
+    if (jo.seal()) SetWire(finish, CKA_EXTRACTABLE, BoolAttr(false));
+    const CK_OBJECT_HANDLE h = *out;
+    r = OnMember(i, false, [finish, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      auto native = wire::NativeTemplate::Decode(finish);
+      if (!native.ok()) return wire::GetCkRv(native.status());
+      return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+    });
+    if (r != CKR_OK) return wire::CkError(CKR_DEVICE_ERROR, "completing a caught-up object");
+    auto updated = std::make_shared<LogicalObject>(*obj);
+    updated->handles[i] = h;
+    registry_.Replace(updated);
+    ++made;
+  }
+  LogInfo(absl::StrCat("member ", m->name(), ": caught up: ", matched, " objects in place, ", made,
+                       " made from the journal, ", dropped, " dropped"));
+  m->healthy.store(true);
   return absl::OkStatus();
 }
 
 void Writer::RollBackPending() {
   for (auto& [i, h] : registry_.pending_found()) {
-    CK_RV rv = DestroyOn(*group_.member(i), h);
+    const CK_OBJECT_HANDLE doomed = h;
+    CK_RV rv = OnMember(i, false, [doomed](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      return fn->C_DestroyObject(holder, doomed);
+    });
     LogWarning(absl::StrCat("member ", group_.member(i)->name(),
-                            ": rolled back an unacknowledged write (",
-                            wire::CkRvName(rv), ")"));
+                            ": rolled back an unacknowledged write (", wire::CkRvName(rv), ")"));
   }
   if (store_ != nullptr) {
     auto pending = store_->ListJournal(group_.config().slot_id, "pending");
     if (pending.ok()) {
       for (const JournalEntry& e : *pending) {
-        // Destroys and attribute changes were applied member by member;
-        // creates left pending labels that were just removed.
-        JournalState(e.seq, e.op == "create" ? "rolled_back" : "acked");
+        // Destroys and attribute changes were applied member by member and
+        // are completed by catch-up; the entry is closed.
+        JournalState(e.seq, "acked");
       }
     }
   }
