@@ -23,6 +23,10 @@ grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*
       ms->set_calls(m->calls.load());
       ms->set_inflight(m->inflight.load());
       ms->set_has_replication_key(i < rk.size() && rk[i] != CK_INVALID_HANDLE);
+      ms->set_drained(m->drained.load());
+      ms->set_down_reason(m->healthy.load() ? "" : m->down_reason());
+      ms->set_failovers(m->failovers.load());
+      ms->set_open_sessions(m->healthy.load() ? m->open_sessions() : 0);
     }
     const DiscoveryReport& report = group->registry().last_report();
     g->set_objects(group->registry().All().size());
@@ -57,6 +61,32 @@ grpc::Status AdminService::Unlock(grpc::ServerContext*, const v1::UnlockRequest*
   return grpc::Status(absl::IsNotFound(st) ? grpc::StatusCode::NOT_FOUND
                                            : grpc::StatusCode::INTERNAL,
                       std::string(st.message()));
+}
+
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  const grpc::StatusCode code = absl::IsNotFound(st)      ? grpc::StatusCode::NOT_FOUND
+                                : absl::IsUnavailable(st) ? grpc::StatusCode::UNAVAILABLE
+                                                          : grpc::StatusCode::INTERNAL;
+  return grpc::Status(code, std::string(st.message()));
+}
+
+}  // namespace
+
+grpc::Status AdminService::Drain(grpc::ServerContext*, const v1::MemberRequest* req,
+                                 v1::MemberResponse*) {
+  Group* group = agent_.GroupForSlot(req->slot_id());
+  if (group == nullptr) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such slot");
+  return ToGrpc(group->Drain(req->member()));
+}
+
+grpc::Status AdminService::Readmit(grpc::ServerContext*, const v1::MemberRequest* req,
+                                   v1::MemberResponse*) {
+  Group* group = agent_.GroupForSlot(req->slot_id());
+  if (group == nullptr) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such slot");
+  return ToGrpc(group->Readmit(req->member()));
 }
 
 }  // namespace hsmux::agent

@@ -19,6 +19,10 @@ class AdminService final : public v1::Admin::Service {
                                     v1::CreateReplicationKeyResponse* resp) override;
   grpc::Status Unlock(grpc::ServerContext* ctx, const v1::UnlockRequest* req,
                       v1::UnlockResponse* resp) override;
+  grpc::Status Drain(grpc::ServerContext* ctx, const v1::MemberRequest* req,
+                     v1::MemberResponse* resp) override;
+  grpc::Status Readmit(grpc::ServerContext* ctx, const v1::MemberRequest* req,
+                       v1::MemberResponse* resp) override;
 
  private:
   Agent& agent_;

@@ -55,6 +55,10 @@ constexpr char kUsage[] =
     "      the same on every member); every group if --slot is not given.\n"
     "  unlock --identity cn:NAME|san:NAME --slot N [--socket PATH | --config FILE]\n"
     "      Lift a PIN lockout of a client identity on a group.\n"
+    "  drain --slot N --member NAME [--socket PATH | --config FILE]\n"
+    "      Take a member out of service (it stays out until readmitted).\n"
+    "  readmit --slot N --member NAME [--socket PATH | --config FILE]\n"
+    "      Reconnect a member, catch it up from the journal, and serve from it.\n"
     "  help, --help, -h\n"
     "      Show this text.\n";
 
@@ -234,7 +238,8 @@ int Main(int argc, char** argv) {
   }
   if (command == "hash-pin") return HashPinCommand(args);
   if (command == "check-config") return CheckConfigCommand(args);
-  if (command == "status" || command == "create-replication-key" || command == "unlock") {
+  if (command == "status" || command == "create-replication-key" || command == "unlock" ||
+      command == "drain" || command == "readmit") {
     return AdminCommand(command, args);
   }
   return Usage("unknown command '" + std::string(command) + "'");

@@ -19,6 +19,7 @@ struct AdminOptions {
   bool has_slot = false;
   uint64_t slot = 0;
   std::string identity;
+  std::string member;
 };
 
 bool Parse(const std::vector<std::string_view>& args, AdminOptions* o) {
@@ -34,6 +35,8 @@ bool Parse(const std::vector<std::string_view>& args, AdminOptions* o) {
       if (!value(&o->socket)) return false;
     } else if (a == "--config") {
       if (!value(&o->config)) return false;
+    } else if (a == "--member") {
+      if (!value(&o->member)) return false;
     } else if (a == "--identity") {
       if (!value(&o->identity)) return false;
     } else if (a == "--slot") {
@@ -83,9 +86,13 @@ int Status(AdminOptions& o) {
               << " on several members, " << g.unproven() << " unproven, " << g.ambiguous()
               << " ambiguous\n";
     for (const auto& m : g.members()) {
-      std::cout << "  member " << m.name() << ": " << (m.healthy() ? "healthy" : "OUT")
-                << ", calls " << m.calls() << ", in flight " << m.inflight()
-                << ", replication key " << (m.has_replication_key() ? "yes" : "no") << "\n";
+      std::cout << "  member " << m.name() << ": "
+                << (m.healthy() ? "healthy" : (m.drained() ? "DRAINED" : "OUT"))
+                << ", calls " << m.calls() << ", in flight " << m.inflight() << ", sessions "
+                << m.open_sessions() << ", failovers " << m.failovers() << ", replication key "
+                << (m.has_replication_key() ? "yes" : "no");
+      if (!m.healthy()) std::cout << " (" << m.down_reason() << ")";
+      std::cout << "\n";
     }
     for (const auto& n : g.notes()) std::cout << "  note: " << n << "\n";
   }
@@ -154,6 +161,29 @@ int Unlock(AdminOptions& o) {
   return 0;
 }
 
+int MemberAction(std::string_view command, AdminOptions& o) {
+  if (o.member.empty() || !o.has_slot) {
+    std::cerr << "usage: hsmuxctl " << command << " --slot N --member NAME\n";
+    return 2;
+  }
+  auto stub = Connect(o);
+  if (stub == nullptr) return 1;
+  grpc::ClientContext ctx;
+  Deadline(&ctx, 120);
+  v1::MemberRequest req;
+  req.set_slot_id(o.slot);
+  req.set_member(o.member);
+  v1::MemberResponse resp;
+  grpc::Status st = command == "drain" ? stub->Drain(&ctx, req, &resp)
+                                       : stub->Readmit(&ctx, req, &resp);
+  if (!st.ok()) {
+    std::cerr << "hsmuxctl " << command << ": " << st.error_message() << "\n";
+    return 1;
+  }
+  std::cout << "member " << o.member << (command == "drain" ? " drained" : " readmitted") << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int AdminCommand(std::string_view command, const std::vector<std::string_view>& args) {
@@ -165,6 +195,7 @@ int AdminCommand(std::string_view command, const std::vector<std::string_view>& 
   }
   if (command == "status") return Status(o);
   if (command == "unlock") return Unlock(o);
+  if (command == "drain" || command == "readmit") return MemberAction(command, o);
   return CreateReplicationKey(o);
 }
 

@@ -2,6 +2,8 @@
 // tokens over mTLS until SIGTERM/SIGINT.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "service.h"
 
 ABSL_FLAG(std::string, config, "/etc/hsmux/hsmuxd.yaml", "path of the agent's YAML config");
+ABSL_FLAG(std::string, listen, "", "host:port to listen on instead of the config's (a standby)");
 
 namespace {
 
@@ -41,19 +44,38 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace hsmux::agent;  // NOLINT(google-build-using-namespace)
 
-  // Signals are taken by a waiting thread, not by handlers.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
   auto config = LoadAgentConfig(absl::GetFlag(FLAGS_config));
   if (!config.ok()) {
     LogError(absl::StrCat("bad config: ", config.status().message()));
     return 2;
   }
+  if (!absl::GetFlag(FLAGS_listen).empty()) config->listen = absl::GetFlag(FLAGS_listen);
   const std::string listen = config->listen;
+  // One agent serves a state directory at a time (until a shared state
+  // store exists): a standby started on the same directory waits here and
+  // takes over when the active agent is gone (DESIGN §5).
+  ::mkdir(config->state_dir.c_str(), 0700);
+  const std::string lock_path = config->state_dir + "/hsmuxd.lock";
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) {
+    LogError(absl::StrCat("cannot open ", lock_path));
+    return 1;
+  }
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    LogInfo(absl::StrCat("standby: another agent serves ", config->state_dir,
+                         "; waiting to take over"));
+    std::fprintf(stderr, "hsmuxd: standby\n");
+    std::fflush(stderr);
+    if (::flock(lock_fd, LOCK_EX) != 0) return 1;
+    LogInfo("standby: taking over");
+  }
+  // From here on, signals are taken by a waiting thread, not by handlers
+  // (blocked before any thread starts, so every thread inherits the mask).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   const std::string admin_socket = AdminSocketPath(config->state_dir);
   const TlsConfig tls = config->tls;
   auto agent = Agent::Start(std::move(*config));

@@ -113,9 +113,10 @@ struct ReadState {
 }  // namespace
 
 CK_RV Writer::OnMember(size_t member, bool keygen,
-                       std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call) {
+                       std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call,
+                       bool recovering) {
   Member* m = group_.member(member);
-  if (!m->healthy.load()) return CKR_DEVICE_ERROR;
+  if (!recovering && !m->healthy.load()) return CKR_DEVICE_ERROR;
   const absl::Duration timeout = absl::Milliseconds(keygen ? group_.config().keygen_timeout_ms
                                                            : group_.config().call_timeout_ms);
   InFlight f(m);
@@ -125,7 +126,7 @@ CK_RV Writer::OnMember(size_t member, bool keygen,
   CK_RV rv = m->Invoke<int>(timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) {
     return call(fn, holder);
   });
-  if (IsDeviceFailure(rv)) group_.Suspect(member, rv, "write");
+  if (IsDeviceFailure(rv) && !recovering) group_.Suspect(member, rv, "write");
   return rv;
 }
 
@@ -718,9 +719,12 @@ absl::Status Writer::CatchUp(size_t i) {
     }
   }
   auto destroy = [&](CK_OBJECT_HANDLE h) {
-    return OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
-      return fn->C_DestroyObject(holder, h);
-    });
+    return OnMember(
+        i, false,
+        [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          return fn->C_DestroyObject(holder, h);
+        },
+        /*recovering=*/true);
   };
   size_t matched = 0, dropped = 0, made = 0;
   std::set<uint64_t> present;
@@ -753,11 +757,14 @@ absl::Status Writer::CatchUp(size_t i) {
         SetWire(fix, CKA_LABEL, BytesAttr(obj->snapshot.label));
         SetWire(fix, CKA_ID, BytesAttr(obj->snapshot.cka_id));
         const CK_OBJECT_HANDLE h = f.handle;
-        OnMember(i, false, [fix, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
-          auto native = wire::NativeTemplate::Decode(fix);
-          if (!native.ok()) return wire::GetCkRv(native.status());
-          return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
-        });
+        OnMember(
+            i, false,
+            [fix, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+              auto native = wire::NativeTemplate::Decode(fix);
+              if (!native.ok()) return wire::GetCkRv(native.status());
+              return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+            },
+            /*recovering=*/true);
       }
       break;
     }
@@ -801,7 +808,7 @@ absl::Status Writer::CatchUp(size_t i) {
       return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
                              reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
                              native->data(), native->size(), out.get());
-    });
+    }, /*recovering=*/true);
     if (r != CKR_OK) {
       return wire::CkError(CKR_DEVICE_ERROR,
                            absl::StrCat("catching up '", obj->snapshot.label, "': ",
@@ -812,11 +819,14 @@ absl::Status Writer::CatchUp(size_t i) {
     SetWire(finish, CKA_ID, BytesAttr(obj->snapshot.cka_id));
     if (jo.seal()) SetWire(finish, CKA_EXTRACTABLE, BoolAttr(false));
     const CK_OBJECT_HANDLE h = *out;
-    r = OnMember(i, false, [finish, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
-      auto native = wire::NativeTemplate::Decode(finish);
-      if (!native.ok()) return wire::GetCkRv(native.status());
-      return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
-    });
+    r = OnMember(
+        i, false,
+        [finish, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          auto native = wire::NativeTemplate::Decode(finish);
+          if (!native.ok()) return wire::GetCkRv(native.status());
+          return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
+        },
+        /*recovering=*/true);
     if (r != CKR_OK) return wire::CkError(CKR_DEVICE_ERROR, "completing a caught-up object");
     auto updated = std::make_shared<LogicalObject>(*obj);
     updated->handles[i] = h;

@@ -81,8 +81,10 @@ class Writer {
 
  private:
   // Runs a call on a member with the write deadline; reports failures.
+  // `recovering`: the member is being caught up and not healthy yet.
   CK_RV OnMember(size_t member, bool keygen,
-                 std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call);
+                 std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call,
+                 bool recovering = false);
   void Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made);
   uint64_t Journal(const std::string& op, uint64_t logical_id, const v1::JournalPayload& payload,
                    const std::string& state);
