@@ -109,12 +109,13 @@ absl::Status AgentClient::OpenLocked() {
 
 absl::StatusOr<v1::CallResponse> AgentClient::Call(v1::CallRequest& request) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    v1::Cryptoki::Stub* stub;
+    std::shared_ptr<v1::Cryptoki::Stub> stub;
     {
       absl::MutexLock lock(&mu_);
       if (instance_id_ == 0) HSMUX_RETURN_IF_ERROR(OpenLocked());
       request.set_instance_id(instance_id_);
-      stub = StubLocked();
+      StubLocked();
+      stub = stub_;
       ++round_trips_;
     }
     const auto deadline = DeadlineIn(config_.call_timeout_ms);
@@ -132,6 +133,24 @@ absl::StatusOr<v1::CallResponse> AgentClient::Call(v1::CallRequest& request) {
       continue;
     }
     LogLine(absl::StrCat("call ", request.function(), " failed: ", st.error_message()));
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      // The agent went away. A channel that saw its agent go may never connect to the agent
+      // that comes back on the same address (measured with Debian's gRPC: every reconnect ends
+      // in "Handshake read failed" / "tcp handshaker shutdown" while a new channel connects at
+      // once), so the next call starts with a new channel.
+      absl::MutexLock lock(&mu_);
+      if (stub_ == stub) {
+        stub_.reset();
+        channel_.reset();
+        // With several agents configured, the next call registers with the
+        // next one (a standby that took over the state directory); the old
+        // instance's handles are gone with the old agent.
+        if (config_.agents.size() > 1) {
+          NextEndpointLocked();
+          instance_id_ = 0;
+        }
+      }
+    }
     return wire::StatusFromGrpc(st);
   }
   return wire::CkError(CKR_DEVICE_ERROR, "agent keeps forgetting the instance");

@@ -48,7 +48,8 @@ class AgentClient {
   mutable absl::Mutex mu_;
   size_t endpoint_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<grpc::Channel> channel_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<v1::Cryptoki::Stub> stub_ ABSL_GUARDED_BY(mu_);
+  // Shared so that a call in flight keeps its stub while another thread replaces it.
+  std::shared_ptr<v1::Cryptoki::Stub> stub_ ABSL_GUARDED_BY(mu_);
   uint64_t instance_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;
 };

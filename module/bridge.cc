@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "log.h"
+#include "stats_file.h"
 
 namespace hsmux::module {
 namespace {
@@ -56,6 +57,7 @@ CK_RV GetInfo(CK_INFO_PTR pInfo) {
   PadCopy(pInfo->libraryDescription, sizeof(pInfo->libraryDescription),
           "hsmux PKCS#11 module");
   pInfo->libraryVersion = kLibraryVersion;
+  SnapshotStats();  // HSMUX_STATS_FILE only (docs/decisions/0008)
   return CKR_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "log.h"
+#include "stats_file.h"
 #include "wire/errors.h"
 
 // Exported by Debian's libgpr: turns on gRPC's fork support before grpc_init
@@ -128,7 +129,10 @@ absl::Status ModuleState::Finalize() {
       heartbeat->join();
     }
   }
-  if (client != nullptr) client->Close();
+  if (client != nullptr) {
+    client->Close();
+    WriteStatsFile(client->round_trips());  // HSMUX_STATS_FILE only (docs/decisions/0008)
+  }
   return absl::OkStatus();
 }
 

@@ -1,0 +1,203 @@
+// hsmux-grpc-echo: the transport floor for hsmux-bench. A unary mTLS echo with
+// the channel settings of the module (module/agent_client.cc) and the server
+// settings of the agent (agent/main.cc: sync server, client certificate
+// required, 16 MiB messages).
+//
+//   hsmux-grpc-echo server --listen 127.0.0.1:0 --ca CA --cert CERT --key KEY
+//       prints "echo: serving on PORT", serves until SIGTERM/SIGINT
+//   hsmux-grpc-echo client --target localhost:PORT --ca CA --cert CERT --key KEY
+//       [--server-name localhost] [--threads 1] [--seconds 3] [--warmup 0.5]
+//       [--request-bytes 100] [--reply-bytes 100]
+//       prints one BENCH line (op "echo"); threads share one channel, as the
+//       module's threads share its one channel.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "echo.grpc.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using hsmux::bench::v1::Echo;
+using hsmux::bench::v1::EchoMessage;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "hsmux-grpc-echo: cannot read %s\n", path.c_str());
+    std::exit(2);
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class EchoService final : public Echo::Service {
+  grpc::Status Call(grpc::ServerContext*, const EchoMessage* req, EchoMessage* resp) override {
+    resp->mutable_payload()->assign(req->reply_bytes(), 'r');
+    return grpc::Status::OK;
+  }
+};
+
+std::atomic<bool> g_stop{false};
+
+int Server(const std::string& listen, const std::string& ca, const std::string& cert,
+           const std::string& key) {
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = ReadFile(ca);
+  ssl.pem_key_cert_pairs.push_back({ReadFile(key), ReadFile(cert)});
+  EchoService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.SetMaxSendMessageSize(16 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    std::fprintf(stderr, "hsmux-grpc-echo: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  std::printf("echo: serving on %d\n", port);
+  std::fflush(stdout);
+  signal(SIGTERM, [](int) { g_stop = true; });
+  signal(SIGINT, [](int) { g_stop = true; });
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  return 0;
+}
+
+int Client(const std::string& target, const std::string& ca, const std::string& cert,
+           const std::string& key, const std::string& server_name, int threads, double seconds,
+           double warmup, int request_bytes, int reply_bytes) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFile(ca);
+  ssl.pem_cert_chain = ReadFile(cert);
+  ssl.pem_private_key = ReadFile(key);
+  grpc::ChannelArguments args;  // as module/agent_client.cc
+  if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
+  args.SetMaxReceiveMessageSize(16 << 20);
+  args.SetMaxSendMessageSize(16 << 20);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  auto channel = grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  auto stub = Echo::NewStub(channel);
+
+  std::atomic<int> phase{0};
+  std::atomic<uint64_t> errors{0};
+  std::vector<std::vector<uint32_t>> lat(threads);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < threads; ++i) {
+    ts.emplace_back([&, i] {
+      EchoMessage req;
+      req.set_payload(std::string(request_bytes, 'q'));
+      req.set_reply_bytes(reply_bytes);
+      lat[i].reserve(1 << 16);
+      while (true) {
+        const int p0 = phase.load();
+        if (p0 == 2) break;
+        const auto t0 = Clock::now();
+        grpc::ClientContext ctx;  // a deadline per call, as the module sets
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+        EchoMessage resp;
+        grpc::Status st = stub->Call(&ctx, req, &resp);
+        const auto t1 = Clock::now();
+        if (!st.ok() || static_cast<int>(resp.payload().size()) != reply_bytes) {
+          if (errors++ == 0)
+            std::fprintf(stderr, "hsmux-grpc-echo: call failed: %s\n", st.error_message().c_str());
+          continue;
+        }
+        if (p0 == 1 && phase.load() == 1)
+          lat[i].push_back(static_cast<uint32_t>(
+              std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
+  const auto m0 = Clock::now();
+  phase = 1;
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  phase = 2;
+  const auto m1 = Clock::now();
+  for (auto& t : ts) t.join();
+  std::vector<uint32_t> all;
+  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  auto pct = [&](double q) {
+    if (all.empty()) return 0.0;
+    size_t i = std::min(all.size() - 1, static_cast<size_t>(q * (all.size() - 1) + 0.5));
+    return all[i] / 1000.0;
+  };
+  double mean = 0;
+  for (uint32_t v : all) mean += v / 1000.0;
+  if (!all.empty()) mean /= all.size();
+  const double elapsed = std::chrono::duration<double>(m1 - m0).count();
+  std::printf("grpc-echo threads=%d ops=%zu %.1f ops/s p50 %.1f us p99 %.1f us errors %llu\n", threads,
+              all.size(), all.size() / elapsed, pct(0.5), pct(0.99),
+              static_cast<unsigned long long>(errors.load()));
+  std::printf(
+      "BENCH {\"module\":\"grpc-echo\",\"token\":\"\",\"op\":\"echo\",\"threads\":%d,\"seconds\":%.2f,"
+      "\"ops\":%zu,\"errors\":%llu,\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
+      "\"round_trips_per_op\":1,\"request_bytes\":%d,\"reply_bytes\":%d}\n",
+      threads, elapsed, all.size(), static_cast<unsigned long long>(errors.load()),
+      all.size() / elapsed, pct(0.5), pct(0.99), mean, request_bytes, reply_bytes);
+  return (errors == 0 && !all.empty()) ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: hsmux-grpc-echo server|client [options] (see the source header)\n");
+    return 2;
+  }
+  const std::string mode = argv[1];
+  std::string listen = "127.0.0.1:0", target, ca, cert, key, server_name = "localhost";
+  int threads = 1, request_bytes = 100, reply_bytes = 100;
+  double seconds = 3, warmup = 0.5;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "hsmux-grpc-echo: %s needs a value\n", a.c_str());
+      return 2;
+    }
+    std::string v = argv[++i];
+    if (a == "--listen") listen = v;
+    else if (a == "--target") target = v;
+    else if (a == "--ca") ca = v;
+    else if (a == "--cert") cert = v;
+    else if (a == "--key") key = v;
+    else if (a == "--server-name") server_name = v;
+    else if (a == "--threads") threads = std::stoi(v);
+    else if (a == "--seconds") seconds = std::stod(v);
+    else if (a == "--warmup") warmup = std::stod(v);
+    else if (a == "--request-bytes") request_bytes = std::stoi(v);
+    else if (a == "--reply-bytes") reply_bytes = std::stoi(v);
+    else {
+      std::fprintf(stderr, "hsmux-grpc-echo: unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (ca.empty() || cert.empty() || key.empty()) {
+    std::fprintf(stderr, "hsmux-grpc-echo: --ca, --cert and --key are required\n");
+    return 2;
+  }
+  if (mode == "server") return Server(listen, ca, cert, key);
+  if (mode == "client" && !target.empty())
+    return Client(target, ca, cert, key, server_name, threads, seconds, warmup, request_bytes,
+                  reply_bytes);
+  std::fprintf(stderr, "hsmux-grpc-echo: server, or client with --target\n");
+  return 2;
+}
