@@ -523,6 +523,10 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
       s.group->Suspect(static_cast<size_t>(tried), rv, "Init");
       excluded.insert(static_cast<size_t>(tried));
       RestartElsewhere(s, spec);
+      s.group->member(static_cast<size_t>(tried))->failovers.fetch_add(1);
+      LogWarning(absl::StrCat("instance ", ctx.instance().id, ": ",
+                              wire::FunctionName(ctx.request().function()), " moves off member ",
+                              s.group->member(static_cast<size_t>(tried))->name()));
     }
     if (IsDeviceFailure(rv)) {
       EndOne(s, spec.kind);

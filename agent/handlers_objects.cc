@@ -13,6 +13,7 @@
 #include "log.h"
 #include "wire/attribute_codec.h"
 #include "wire/attribute_kinds.h"
+#include "wire/function_table.h"
 #include "wire/mechanism_codec.h"
 
 namespace hsmux::agent {
@@ -150,6 +151,31 @@ CK_RV WriteTokenObjects(CallContext& ctx, const ClientSession& session, Writer::
   return AdoptTokenObjects(ctx, session, *ids);
 }
 
+// The same for writes that may start on any member (new keys and objects
+// that depend on no existing one): when the source member fails (a device
+// error or no answer in time), the write is undone there (or left pending
+// for catch-up to drop) and runs again on another healthy member (DESIGN §5).
+CK_RV WriteTokenObjectsAnywhere(CallContext& ctx, const ClientSession& session, Writer::How how,
+                                const std::vector<v1::AttributeList>& templates,
+                                const std::vector<bool>& is_key, const Writer::MakeFn& make,
+                                bool keygen = false) {
+  Group& group = *session.group;
+  std::set<size_t> tried;
+  CK_RV rv = CKR_DEVICE_ERROR;
+  for (size_t attempt = 0; attempt < group.member_count(); ++attempt) {
+    auto source = group.RouteWhere([&](size_t i) { return tried.count(i) == 0; });
+    if (!source.has_value()) break;
+    rv = WriteTokenObjects(ctx, session, how, *source, templates, is_key, make, keygen);
+    if (!IsDeviceFailure(rv)) return rv;
+    tried.insert(*source);
+    group.member(*source)->failovers.fetch_add(1);
+    LogWarning(absl::StrCat("instance ", ctx.instance().id, ": ",
+                            wire::FunctionName(ctx.request().function()), " moves off member ",
+                            group.member(*source)->name(), " (", wire::CkRvName(rv), ")"));
+  }
+  return IsDeviceFailure(rv) ? CKR_DEVICE_ERROR : rv;
+}
+
 bool IsKeyClass(std::optional<uint64_t> cls) {
   return cls.has_value() && (*cls == CKO_SECRET_KEY || *cls == CKO_PRIVATE_KEY);
 }
@@ -186,8 +212,8 @@ CK_RV CreateObject(CallContext& ctx) {
     if (!native.ok()) return wire::GetCkRv(native.status());
     return fn->C_CreateObject(h, native->data(), native->size(), &(*made)[0]);
   };
-  return WriteTokenObjects(ctx, *session, key ? Writer::How::kKeysByWrap : Writer::How::kReplay,
-                           group.AnyMember(), {*tmpl}, {key}, make);
+  return WriteTokenObjectsAnywhere(
+      ctx, *session, key ? Writer::How::kKeysByWrap : Writer::How::kReplay, {*tmpl}, {key}, make);
 }
 
 CK_RV CopyObject(CallContext& ctx) {
@@ -595,8 +621,8 @@ CK_RV GenerateKey(CallContext& ctx) {
                               return make(0, m.fn(), h, {*tmpl}, made);
                             });
   } else {
-    rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(), {*tmpl},
-                           {true}, make, /*keygen=*/true);
+    rv = WriteTokenObjectsAnywhere(ctx, *session, Writer::How::kKeysByWrap, {*tmpl}, {true}, make,
+                                   /*keygen=*/true);
   }
   if (rv == CKR_OK) {
     LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
@@ -640,8 +666,9 @@ CK_RV GenerateKeyPair(CallContext& ctx) {
                               return make(0, m.fn(), h, {*pub_tmpl, *priv_tmpl}, made);
                             });
   } else {
-    rv = WriteTokenObjects(ctx, *session, Writer::How::kKeysByWrap, group.AnyMember(),
-                           {*pub_tmpl, *priv_tmpl}, {false, true}, make, /*keygen=*/true);
+    rv = WriteTokenObjectsAnywhere(ctx, *session, Writer::How::kKeysByWrap, {*pub_tmpl, *priv_tmpl},
+                                   {false, true}, make,
+                                   /*keygen=*/true);
   }
   if (rv == CKR_OK) {
     LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,

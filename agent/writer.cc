@@ -698,7 +698,9 @@ absl::Status Writer::CatchUp(size_t i) {
   if (rv != CKR_OK) return wire::CkError(CKR_DEVICE_ERROR, "scan: " + wire::CkRvName(rv));
 
   std::vector<StoredObject> tombstones;
-  std::map<std::string, v1::JournalObject> journalled;  // fingerprint -> latest create
+  // (fingerprint, class) -> latest create. The class is part of the key: the
+  // two halves of a key pair share a fingerprint.
+  std::map<std::pair<std::string, uint64_t>, v1::JournalObject> journalled;
   if (store_ != nullptr) {
     auto stored = store_->ListObjects(group_.config().slot_id);
     if (stored.ok()) {
@@ -713,7 +715,7 @@ absl::Status Writer::CatchUp(size_t i) {
         v1::JournalPayload p;
         if (!p.ParseFromString(e.payload)) continue;
         for (const auto& o : p.objects()) {
-          if (!o.fingerprint().empty()) journalled[o.fingerprint()] = o;
+          if (!o.fingerprint().empty()) journalled[{o.fingerprint(), o.object_class()}] = o;
         }
       }
     }
@@ -785,7 +787,7 @@ absl::Status Writer::CatchUp(size_t i) {
   const std::vector<CK_OBJECT_HANDLE> rk = registry_.replication_keys();
   for (const auto& obj : registry_.All()) {
     if (obj->OnMember(i)) continue;
-    auto j = journalled.find(obj->fingerprint);
+    auto j = journalled.find({obj->fingerprint, obj->snapshot.object_class});
     if (j == journalled.end()) {
       LogWarning(absl::StrCat("member ", m->name(), ": '", obj->snapshot.label,
                               "' missing and not in the journal; served from other members"));

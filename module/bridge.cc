@@ -16,8 +16,12 @@ CK_RV CheckInitArgs(const CK_C_INITIALIZE_ARGS* args) {
   const int fns = (args->CreateMutex != nullptr) + (args->DestroyMutex != nullptr) +
                   (args->LockMutex != nullptr) + (args->UnlockMutex != nullptr);
   if (fns != 0 && fns != 4) return CKR_ARGUMENTS_BAD;
-  // gRPC runs its own threads; a host that forbids them cannot use us.
-  if (args->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS) return CKR_NEED_TO_CREATE_THREADS;
+  // gRPC runs its own threads; a host that forbids them cannot use us —
+  // unless the operator said the host's flag is a formality (p11-kit).
+  if (args->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS) {
+    auto config = LoadModuleConfig();
+    if (!config.ok() || !config->ignore_cant_create_threads) return CKR_NEED_TO_CREATE_THREADS;
+  }
   // Callbacks without CKF_OS_LOCKING_OK demand that we lock only through
   // them, which gRPC's own locking cannot honour.
   if (fns == 4 && !(args->flags & CKF_OS_LOCKING_OK)) return CKR_CANT_LOCK;

@@ -35,7 +35,7 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
   if (!root.IsMap()) return ConfigError(path, root, "top level must be a mapping");
   static const std::set<std::string> kKnown = {"agents", "tls", "slots", "timeouts",
                                                "heartbeat_seconds", "log_file",
-                                               "max_message_bytes"};
+                                               "max_message_bytes", "cant_create_threads"};
   ModuleConfig cfg;
   try {
     for (const auto& kv : root) {
@@ -86,6 +86,13 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
     if (const YAML::Node h = root["heartbeat_seconds"]) cfg.heartbeat_seconds = h.as<uint32_t>();
     if (const YAML::Node l = root["log_file"]) cfg.log_file = l.as<std::string>();
     if (const YAML::Node m = root["max_message_bytes"]) cfg.max_message_bytes = m.as<uint32_t>();
+    if (const YAML::Node t = root["cant_create_threads"]) {
+      const std::string v = t.as<std::string>();
+      if (v != "refuse" && v != "ignore") {
+        return ConfigError(path, t, "cant_create_threads: must be refuse or ignore");
+      }
+      cfg.ignore_cant_create_threads = v == "ignore";
+    }
   } catch (const YAML::Exception& e) {
     return wire::CkError(CKR_GENERAL_ERROR,
                          absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));

@@ -22,6 +22,12 @@ struct ModuleConfig {
   uint32_t heartbeat_seconds = 10;
   std::string log_file;  // module log (never the host's stderr); empty: off
   uint32_t max_message_bytes = 16 << 20;
+  // What C_Initialize does with CKF_LIBRARY_CANT_CREATE_OS_THREADS: the
+  // module needs threads (gRPC), so the spec's answer is
+  // CKR_NEED_TO_CREATE_THREADS ("refuse", the default). p11-kit (p11tool,
+  // GnuTLS) sets the flag on every module it loads; "ignore" lets those
+  // hosts use hsmux. See docs/decisions/0009-cant-create-threads.md.
+  bool ignore_cant_create_threads = false;
 };
 
 inline constexpr char kDefaultModuleConfigPath[] = "/etc/hsmux/module.conf";

@@ -8,6 +8,7 @@ PKGS=(
   libssl-dev openssl libgtest-dev libgmock-dev
   libyaml-cpp-dev libsqlite3-dev libp11-kit-dev p11-kit
   softhsm2 opensc gnutls-bin python3
+  openjdk-17-jdk-headless libengine-pkcs11-openssl libp11-kit0
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -513,6 +513,56 @@ bool TestwrapCtl(const std::string& member_label, const std::vector<std::string>
   return RunCommand(cmd, &out) == 0;
 }
 
+// ---- hsmuxctl ----
+int Hsmuxctl(const std::string& args, std::string* out) {
+  return RunCommand(BuildDir() + "/agent/hsmuxctl " + args + " --config '" + Env("HSMUX_TEST_DIR") +
+                        "/hsmuxd.yaml'",
+                    out);
+}
+
+std::map<std::string, MemberStatus> GroupStatus(std::string* raw) {
+  std::map<std::string, MemberStatus> out;
+  std::string text;
+  const int rc = Hsmuxctl("status", &text);
+  if (raw != nullptr) *raw = text;
+  if (rc != 0) return out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string prefix = "  member ";
+    if (line.rfind(prefix, 0) != 0) continue;
+    const size_t colon = line.find(": ", prefix.size());
+    if (colon == std::string::npos) continue;
+    MemberStatus m;
+    m.line = line;
+    const size_t comma = line.find(',', colon);
+    m.state =
+        line.substr(colon + 2, comma == std::string::npos ? std::string::npos : comma - colon - 2);
+    auto number = [&](const std::string& key) -> uint64_t {
+      const size_t at = line.find(key + " ");
+      if (at == std::string::npos) return 0;
+      return std::strtoull(line.c_str() + at + key.size() + 1, nullptr, 10);
+    };
+    m.calls = number(", calls");
+    m.failovers = number(", failovers");
+    out[line.substr(prefix.size(), colon - prefix.size())] = m;
+  }
+  return out;
+}
+
+bool WaitAllHealthy(int timeout_ms, std::string* last_raw) {
+  for (int waited = 0;; waited += 200) {
+    std::string raw;
+    auto st = GroupStatus(&raw);
+    if (last_raw != nullptr) *last_raw = raw;
+    bool all = st.size() == 3;
+    for (const auto& [name, m] : st) all = all && m.state == "healthy";
+    if (all) return true;
+    if (waited >= timeout_ms) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 // ---- Processes ----
 int RunCommand(const std::string& cmd, std::string* out) {
   FILE* f = popen((cmd + " 2>&1").c_str(), "r");

@@ -158,6 +158,21 @@ Stats ReadStats(const std::string& member_label);
 // hsmux-testwrap-ctl DIR LABEL args...; true on exit 0.
 bool TestwrapCtl(const std::string& member_label, const std::vector<std::string>& args);
 
+// ---- The agent's admin CLI (hsmuxctl ... --config $HSMUX_TEST_DIR/hsmuxd.yaml) ----
+// Runs `hsmuxctl ARGS --config ...`; exit status, output in *out.
+int Hsmuxctl(const std::string& args, std::string* out);
+// One member line of `hsmuxctl status` ("  member a: healthy, calls N, ...").
+struct MemberStatus {
+  std::string state;  // "healthy", "OUT" or "DRAINED"
+  uint64_t calls = 0;
+  uint64_t failovers = 0;
+  std::string line;
+};
+// The members of the demo group by name ("a", "b", "c"); empty on error.
+std::map<std::string, MemberStatus> GroupStatus(std::string* raw = nullptr);
+// Polls `hsmuxctl status` until every member is healthy (true) or the time is up.
+bool WaitAllHealthy(int timeout_ms, std::string* last_raw = nullptr);
+
 // ---- Processes ----
 // Runs a shell command, returns exit status; stdout+stderr into *out.
 int RunCommand(const std::string& cmd, std::string* out);

@@ -1,0 +1,189 @@
+// Recovery (DESIGN §5, issue 4 item 4): a member that comes back is caught up
+// from the journal (keys created while it was down are on it afterwards, keys
+// destroyed are gone) and readmitted by itself; `hsmuxctl drain` keeps every
+// call off a member and `hsmuxctl readmit` brings it back caught up. Members
+// are checked directly through SoftHSM and through the testwrap stats.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "group_util.h"
+
+namespace hsmux::grouptest {
+namespace {
+
+class HaRecovery : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    p_ = Module();
+    ASSERT_NE(p_, nullptr);
+    ASSERT_EQ(p_->C_Initialize(nullptr), CKR_OK);
+  }
+  static void TearDownTestSuite() {
+    if (p_ != nullptr) p_->C_Finalize(nullptr);
+  }
+  void SetUp() override {
+    CK_RV rv;
+    s_ = OpenSession(p_, ClientPin(), &rv);
+    ASSERT_EQ(rv, CKR_OK);
+  }
+  void TearDown() override {
+    p_->C_CloseSession(s_);
+    for (const char* m : kMembers) TestwrapCtl(m, {"--clear"});
+    std::string out;
+    for (const char* m : {"a", "b", "c"}) {
+      if (GroupStatus()[m].state == "DRAINED") {
+        Hsmuxctl(std::string("readmit --slot 1 --member ") + m, &out);
+      }
+    }
+    EXPECT_TRUE(WaitAllHealthy(30000, &out)) << out;
+  }
+
+  // Polls `hsmuxctl status` until member `name` is in `state`.
+  static bool WaitState(const std::string& name, const std::string& state, int timeout_ms) {
+    for (int waited = 0; waited < timeout_ms; waited += 100) {
+      if (GroupStatus()[name].state == state) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+  // AES-ECB of one block with the key `label` on member i (direct).
+  static Bytes EcbOn(size_t i, const std::string& label, CK_RV* rv) {
+    Members& m = Members::Get();
+    auto keys = m.LabelClass(i, label, CKO_SECRET_KEY);
+    if (keys.size() != 1) {
+      *rv = CKR_KEY_HANDLE_INVALID;
+      return {};
+    }
+    return EncryptEcb(m.fl(), m.s(i), keys[0], ToBytes("one block, 16 b."), rv);
+  }
+  CK_RV SignOnce(CK_OBJECT_HANDLE priv, const Bytes& point, const std::string& what) {
+    const Bytes digest = Sha256(ToBytes(what));
+    CK_RV rv;
+    Bytes sig = Sign(p_, s_, CKM_ECDSA, priv, digest, &rv);
+    if (rv == CKR_OK && !OpenSslVerifyEcdsa(point, digest, sig)) return CKR_SIGNATURE_INVALID;
+    return rv;
+  }
+
+  static CK_FUNCTION_LIST* p_;
+  CK_SESSION_HANDLE s_ = CK_INVALID_HANDLE;
+};
+CK_FUNCTION_LIST* HaRecovery::p_ = nullptr;
+
+TEST_F(HaRecovery, CatchUpAfterPowerOff) {
+  Members& m = Members::Get();
+  ASSERT_TRUE(m.ok()) << m.error();
+  // Made before the outage, destroyed during it.
+  const std::string doomed = Unique("recover-doomed");
+  CK_OBJECT_HANDLE doomed_h;
+  ASSERT_EQ(GenAes(p_, s_, doomed, ToBytes(doomed), true, &doomed_h), CKR_OK);
+  const std::string doomed_ec = Unique("recover-doomed-ec");
+  Pair doomed_pair;
+  ASSERT_EQ(GenEc(p_, s_, doomed_ec, ToBytes(doomed_ec), true, &doomed_pair), CKR_OK);
+  for (size_t i = 0; i < 3; ++i) ASSERT_EQ(m.Label(i, doomed).size(), 1u) << kMembers[i];
+
+  ASSERT_TRUE(TestwrapCtl("member-c", {"power=off"}));
+  ASSERT_TRUE(WaitState("c", "OUT", 10000));
+
+  const std::string made = Unique("recover-made");
+  CK_OBJECT_HANDLE made_h;
+  ASSERT_EQ(GenAes(p_, s_, made, ToBytes(made), true, &made_h), CKR_OK);
+  const std::string made_ec = Unique("recover-made-ec");
+  Pair made_pair;
+  ASSERT_EQ(GenEc(p_, s_, made_ec, ToBytes(made_ec), true, &made_pair), CKR_OK);
+  ASSERT_EQ(p_->C_DestroyObject(s_, doomed_h), CKR_OK);
+  ASSERT_EQ(p_->C_DestroyObject(s_, doomed_pair.priv), CKR_OK);
+  ASSERT_EQ(p_->C_DestroyObject(s_, doomed_pair.pub), CKR_OK);
+  // While it is out, member-c (read directly, not through the agent) has
+  // missed both.
+  EXPECT_TRUE(m.Label(2, made).empty());
+  EXPECT_EQ(m.Label(2, doomed).size(), 1u);
+  EXPECT_EQ(m.Label(2, doomed_ec).size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(m.Label(i, made).size(), 1u) << kMembers[i];
+    EXPECT_TRUE(m.Label(i, doomed).empty()) << kMembers[i];
+  }
+
+  ASSERT_TRUE(TestwrapCtl("member-c", {"power=on"}));
+  const auto back = std::chrono::steady_clock::now();
+  std::string raw;
+  ASSERT_TRUE(WaitAllHealthy(30000, &raw)) << raw;
+  std::printf("RECOVERY member-c readmitted %.2f s after power on\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - back).count());
+  // Caught up: the new keys are on it (and work the same), the destroyed gone.
+  EXPECT_EQ(m.Label(2, made).size(), 1u);
+  // One of each half (the halves share a fingerprint: the journal must not
+  // mix them up).
+  EXPECT_EQ(m.LabelClass(2, made_ec, CKO_PUBLIC_KEY).size(), 1u);
+  EXPECT_EQ(m.LabelClass(2, made_ec, CKO_PRIVATE_KEY).size(), 1u);
+  EXPECT_TRUE(m.Label(2, doomed).empty());
+  EXPECT_TRUE(m.Label(2, doomed_ec).empty());
+  EXPECT_TRUE(m.Pending(2).empty());
+  CK_RV rv0, rv2;
+  const Bytes on_a = EcbOn(0, made, &rv0), on_c = EcbOn(2, made, &rv2);
+  ASSERT_EQ(rv0, CKR_OK);
+  ASSERT_EQ(rv2, CKR_OK);
+  EXPECT_EQ(on_a, on_c);
+  // And it serves the key made while it was out: with a and b off, only c can.
+  const Bytes point = EcPointOctets(Attr(p_, s_, made_pair.pub, CKA_EC_POINT));
+  ASSERT_TRUE(TestwrapCtl("member-a", {"power=off"}));
+  ASSERT_TRUE(TestwrapCtl("member-b", {"power=off"}));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(SignOnce(made_pair.priv, point, "on c"), CKR_OK) << i;
+}
+
+TEST_F(HaRecovery, DrainAndReadmitByHand) {
+  Members& m = Members::Get();
+  ASSERT_TRUE(m.ok()) << m.error();
+  const std::string label = Unique("drain-ec");
+  Pair ec;
+  ASSERT_EQ(GenEc(p_, s_, label, ToBytes(label), true, &ec), CKR_OK);
+  const Bytes point = EcPointOctets(Attr(p_, s_, ec.pub, CKA_EC_POINT));
+
+  std::string out;
+  ASSERT_EQ(Hsmuxctl("drain --slot 1 --member b", &out), 0) << out;
+  auto st = GroupStatus(&out);
+  EXPECT_EQ(st["b"].state, "DRAINED") << out;
+  // Let the drain's own session closes settle, then nothing more may reach b.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const uint64_t calls_b = ReadStats("member-b").Get("total_calls");
+  const uint64_t calls_a = ReadStats("member-a").Get("total_calls");
+
+  for (int i = 0; i < 30; ++i) {
+    EXPECT_EQ(SignOnce(ec.priv, point, "drained " + std::to_string(i)), CKR_OK) << i;
+  }
+  const std::string while_drained = Unique("drain-made");
+  CK_OBJECT_HANDLE k;
+  ASSERT_EQ(GenAes(p_, s_, while_drained, ToBytes(while_drained), true, &k), CKR_OK);
+  // Longer than the probe interval (200 ms): the monitor leaves a drained
+  // member alone too.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  EXPECT_EQ(ReadStats("member-b").Get("total_calls"), calls_b) << ReadStats("member-b").raw;
+  EXPECT_GT(ReadStats("member-a").Get("total_calls"), calls_a);
+  EXPECT_TRUE(m.Label(1, while_drained).empty());
+  EXPECT_EQ(GroupStatus()["b"].state, "DRAINED");
+
+  ASSERT_EQ(Hsmuxctl("readmit --slot 1 --member b", &out), 0) << out;
+  st = GroupStatus(&out);
+  EXPECT_EQ(st["b"].state, "healthy") << out;
+  EXPECT_EQ(m.Label(1, while_drained).size(), 1u);
+  CK_RV rv0, rv1;
+  const Bytes on_a = EcbOn(0, while_drained, &rv0), on_b = EcbOn(1, while_drained, &rv1);
+  ASSERT_EQ(rv0, CKR_OK);
+  ASSERT_EQ(rv1, CKR_OK);
+  EXPECT_EQ(on_a, on_b);
+  // Calls reach b again.
+  const uint64_t signs_b = ReadStats("member-b").Calls("C_Sign");
+  for (int i = 0; i < 30; ++i) {
+    EXPECT_EQ(SignOnce(ec.priv, point, "readmitted " + std::to_string(i)), CKR_OK) << i;
+  }
+  bool grew = false;
+  for (int waited = 0; waited < 2000 && !grew; waited += 50) {
+    grew = ReadStats("member-b").Calls("C_Sign") > signs_b;
+    if (!grew) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(grew) << ReadStats("member-b").raw;
+}
+
+}  // namespace
+}  // namespace hsmux::grouptest
