@@ -26,6 +26,7 @@ grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*
       ms->set_drained(m->drained.load());
       ms->set_down_reason(m->healthy.load() ? "" : m->down_reason());
       ms->set_failovers(m->failovers.load());
+      ms->set_replays(m->replays.load());
       ms->set_open_sessions(m->healthy.load() ? m->open_sessions() : 0);
     }
     const DiscoveryReport& report = group->registry().last_report();

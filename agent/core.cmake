@@ -20,5 +20,5 @@ target_include_directories(hsmux_agent_core PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
 target_link_libraries(hsmux_agent_core PUBLIC hsmux_wire hsmux_agent_config OpenSSL::Crypto
   absl::synchronization absl::time Threads::Threads ${CMAKE_DL_LIBS})
 
-add_executable(hsmuxd main.cc)
+add_executable(hsmuxd main.cc sd_notify.cc)
 target_link_libraries(hsmuxd PRIVATE hsmux_agent_core absl::flags absl::flags_parse absl::flags_usage)

@@ -19,7 +19,7 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
     HSMUX_ASSIGN_OR_RETURN(auto library, MemberLibrary::Load(mc.library, libraries));
     auto member = std::make_unique<Member>(mc, library);
     member->ConfigurePool(config.pool_min_sessions, config.pool_max_sessions,
-                          config.pool_wait_ms);
+                          config.pool_wait_ms, config.call_timeout_ms);
     absl::Status connected = member->Connect(absl::Milliseconds(config.probe_timeout_ms * 5));
     if (!connected.ok()) {
       // The group serves without it; the health monitor brings it in when
@@ -108,6 +108,40 @@ std::optional<size_t> Group::Route(const LogicalObject& object) {
 size_t Group::AnyMember() {
   auto any = RouteWhere([](size_t) { return true; });
   return any.value_or(0);
+}
+
+CK_RV Group::RunOnMember(
+    const std::function<bool(size_t)>& filter,
+    std::function<CK_RV(size_t, CK_FUNCTION_LIST*, CK_SESSION_HANDLE)> call,
+    const std::string& what, size_t* used) {
+  std::set<size_t> excluded;
+  for (size_t attempt = 0; attempt < members_.size(); ++attempt) {
+    auto member = RouteWhere([&](size_t i) { return !excluded.count(i) && filter(i); });
+    if (!member.has_value()) break;
+    const size_t i = *member;
+    Member* m = members_[i].get();
+    auto session = m->Acquire();
+    CK_RV rv;
+    if (!session.ok()) {
+      rv = CKR_DEVICE_ERROR;
+    } else {
+      InFlight f(m);
+      auto state = std::make_shared<int>(0);
+      const CK_SESSION_HANDLE h = *session;
+      rv = m->Invoke<int>(absl::Milliseconds(config_.call_timeout_ms), state,
+                          [call, i, h](CK_FUNCTION_LIST* fn, int&) { return call(i, fn, h); });
+      if (rv == CKR_GENERAL_ERROR && !Probe(i)) rv = CKR_DEVICE_ERROR;
+      m->Release(h, rv != CKR_OK);
+    }
+    if (!IsDeviceFailure(rv)) {
+      if (used != nullptr) *used = i;
+      return rv;
+    }
+    Suspect(i, rv, what);
+    excluded.insert(i);
+    m->failovers.fetch_add(1);
+  }
+  return CKR_DEVICE_ERROR;
 }
 
 void Group::Suspect(size_t member, CK_RV rv, const std::string& what) {

@@ -49,6 +49,19 @@ class Group {
   // A member for calls that need no object (random, digest, session keys).
   size_t AnyMember();
 
+  // Runs `call` on a pooled session of the healthy member `filter` allows
+  // with the fewest calls in flight, within the group's call deadline. On a
+  // device-class failure (or CKR_GENERAL_ERROR from a member a probe then
+  // finds sick) the member is reported and the call runs on the next one;
+  // CKR_DEVICE_ERROR when none is left. `call` runs on a worker thread and
+  // must own what it captures. `*used` (if given) is the member that
+  // answered.
+  CK_RV RunOnMember(const std::function<bool(size_t)>& filter,
+                    std::function<CK_RV(size_t member, CK_FUNCTION_LIST* fn,
+                                        CK_SESSION_HANDLE session)>
+                        call,
+                    const std::string& what, size_t* used = nullptr);
+
   // Health (DESIGN §5). A call's device-class failure makes the member a
   // suspect: it is probed at once, and only a failed probe takes it out.
   void Suspect(size_t member, CK_RV rv, const std::string& what);

@@ -347,6 +347,7 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
     call->session = s.op_session;
     call->kind = k;
     call->replay = s.replay[k];
+    if (!call->replay.empty()) m->replays.fetch_add(1);
     if (op.key.has_value()) {
       call->keyed = true;
       call->key = ctx.HandleOn(group, *op.key, static_cast<size_t>(s.op_member));
@@ -696,12 +697,15 @@ CK_RV OperationCall(CallContext& ctx) {
 CK_RV SeedRandom(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const std::string* seed, ctx.Bytes(1));
-  Member* m = session->group->member(session->group->AnyMember());
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight inflight(m);
-  std::string data = *seed;
-  return m->fn()->C_SeedRandom(h, reinterpret_cast<CK_BYTE_PTR>(data.data()), data.size());
+  auto data = std::make_shared<std::string>(*seed);
+  // Seeding one member is what the caller can observe: any member will do.
+  return session->group->RunOnMember(
+      [](size_t) { return true; },
+      [data](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h) {
+        std::string copy = *data;
+        return fn->C_SeedRandom(h, reinterpret_cast<CK_BYTE_PTR>(copy.data()), copy.size());
+      },
+      "C_SeedRandom");
 }
 
 CK_RV GenerateRandom(CallContext& ctx) {
@@ -712,16 +716,17 @@ CK_RV GenerateRandom(CallContext& ctx) {
                             cap->capacity(), " bytes refused (limit ", kMaxOutputBytes, ")"));
     return CKR_DEVICE_MEMORY;
   }
-  Member* m = session->group->member(session->group->AnyMember());
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight inflight(m);
-  std::string buf(cap->capacity(), '\0');
-  CK_RV rv = m->fn()->C_GenerateRandom(h, reinterpret_cast<CK_BYTE_PTR>(buf.data()), buf.size());
+  auto buf = std::make_shared<std::string>(cap->capacity(), '\0');
+  CK_RV rv = session->group->RunOnMember(
+      [](size_t) { return true; },
+      [buf](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h) {
+        return fn->C_GenerateRandom(h, reinterpret_cast<CK_BYTE_PTR>(buf->data()), buf->size());
+      },
+      "C_GenerateRandom");
   if (rv == CKR_OK) {
     auto* out = ctx.AddResult()->mutable_output();
-    out->set_length(buf.size());
-    out->set_data(std::move(buf));
+    out->set_length(buf->size());
+    out->set_data(*buf);
   }
   return rv;
 }

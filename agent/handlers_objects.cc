@@ -290,14 +290,17 @@ CK_RV GetObjectSize(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
   ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  ASSIGN_OR_RV(auto place, ctx.Place(*session->group, ref, CKR_OBJECT_HANDLE_INVALID));
-  Member* m = session->group->member(place.first);
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight f(m);
-  CK_ULONG size = 0;
-  CK_RV rv = m->fn()->C_GetObjectSize(h, place.second, &size);
-  if (rv == CKR_OK) ctx.AddUlong(size);
+  Group& group = *session->group;
+  std::vector<CK_OBJECT_HANDLE> where(group.member_count());
+  for (size_t i = 0; i < where.size(); ++i) where[i] = ctx.HandleOn(group, ref, i);
+  auto size = std::make_shared<CK_ULONG>(0);
+  CK_RV rv = group.RunOnMember(
+      [&](size_t i) { return where[i] != CK_INVALID_HANDLE; },
+      [where, size](size_t i, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h) {
+        return fn->C_GetObjectSize(h, where[i], size.get());
+      },
+      "C_GetObjectSize");
+  if (rv == CKR_OK) ctx.AddUlong(*size);
   return rv;
 }
 
@@ -374,45 +377,25 @@ bool AnswerFromRegistry(const LogicalObject& obj, const v1::AttributeQueryList& 
   return true;
 }
 
-}  // namespace
-
-CK_RV GetAttributeValue(CallContext& ctx) {
-  ASSIGN_OR_RV(auto session, ctx.Session());
-  ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
-  ASSIGN_OR_RV(const v1::AttributeQueryList* queries, ctx.Queries(2));
-  ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
-  std::shared_ptr<const LogicalObject> logical;
-  if (ref.logical_id != 0) {
-    logical = session->group->registry().Get(ref.logical_id);
-    if (logical == nullptr) return CKR_OBJECT_HANDLE_INVALID;
-    v1::AttributeAnswerList answers;
-    if (AnswerFromRegistry(*logical, *queries, &answers)) {
-      *ctx.AddResult()->mutable_answers() = std::move(answers);
-      return CKR_OK;
-    }
-  }
-  ASSIGN_OR_RV(auto place, ctx.Place(*session->group, ref, CKR_OBJECT_HANDLE_INVALID));
-  Member* m = session->group->member(place.first);
-  const CK_OBJECT_HANDLE obj = place.second;
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight f(m);
-  const int n = queries->queries_size();
+// The member's answers to C_GetAttributeValue queries (runs on a worker).
+CK_RV ReadAnswers(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
+                  const v1::AttributeQueryList& queries, const LogicalObject* logical,
+                  v1::AttributeAnswerList* answers) {
+  const int n = queries.queries_size();
   // Pass 1: lengths and availability of every attribute.
   std::vector<CK_ATTRIBUTE> probe(n);
-  for (int i = 0; i < n; ++i) probe[i] = {queries->queries(i).type(), nullptr, 0};
-  CK_RV rv = m->fn()->C_GetAttributeValue(h, obj, probe.data(), n);
+  for (int i = 0; i < n; ++i) probe[i] = {queries.queries(i).type(), nullptr, 0};
+  CK_RV rv = fn->C_GetAttributeValue(h, obj, probe.data(), n);
   if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID) {
     return rv;
   }
-  auto* answers = ctx.AddResult()->mutable_answers();
   for (int i = 0; i < n; ++i) {
-    const v1::AttributeQuery& q = queries->queries(i);
+    const v1::AttributeQuery& q = queries.queries(i);
     v1::AttributeAnswer* ans = answers->add_answers();
     if (probe[i].ulValueLen == CK_UNAVAILABLE_INFORMATION) {
       // Which of the two reasons: ask for this attribute alone.
       CK_ATTRIBUTE one = {q.type(), nullptr, 0};
-      CK_RV why = m->fn()->C_GetAttributeValue(h, obj, &one, 1);
+      CK_RV why = fn->C_GetAttributeValue(h, obj, &one, 1);
       ans->set_status(why == CKR_ATTRIBUTE_SENSITIVE ? v1::AttributeAnswer::SENSITIVE
                                                      : v1::AttributeAnswer::TYPE_INVALID);
       continue;
@@ -435,7 +418,7 @@ CK_RV GetAttributeValue(CallContext& ctx) {
       ans->set_length(probe[i].ulValueLen);
     }
     if (!q.want_value()) continue;
-    CK_RV vrv = ReadValue(m->fn(), h, obj, q.type(), probe[i].ulValueLen, ans->mutable_value());
+    CK_RV vrv = ReadValue(fn, h, obj, q.type(), probe[i].ulValueLen, ans->mutable_value());
     if (vrv == CKR_ATTRIBUTE_SENSITIVE) {
       ans->set_status(v1::AttributeAnswer::SENSITIVE);
       ans->clear_value();
@@ -444,6 +427,40 @@ CK_RV GetAttributeValue(CallContext& ctx) {
     }
   }
   return CKR_OK;
+}
+
+}  // namespace
+
+CK_RV GetAttributeValue(CallContext& ctx) {
+  ASSIGN_OR_RV(auto session, ctx.Session());
+  ASSIGN_OR_RV(uint64_t handle, ctx.Ulong(1));
+  ASSIGN_OR_RV(const v1::AttributeQueryList* queries, ctx.Queries(2));
+  ASSIGN_OR_RV(ObjectRef ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
+  std::shared_ptr<const LogicalObject> logical;
+  if (ref.logical_id != 0) {
+    logical = session->group->registry().Get(ref.logical_id);
+    if (logical == nullptr) return CKR_OBJECT_HANDLE_INVALID;
+    v1::AttributeAnswerList answers;
+    if (AnswerFromRegistry(*logical, *queries, &answers)) {
+      *ctx.AddResult()->mutable_answers() = std::move(answers);
+      return CKR_OK;
+    }
+  }
+  Group& group = *session->group;
+  std::vector<CK_OBJECT_HANDLE> where(group.member_count());
+  for (size_t i = 0; i < where.size(); ++i) where[i] = ctx.HandleOn(group, ref, i);
+  auto answers = std::make_shared<v1::AttributeAnswerList>();
+  auto shared_queries = std::make_shared<v1::AttributeQueryList>(*queries);
+  CK_RV rv = group.RunOnMember(
+      [&](size_t i) { return where[i] != CK_INVALID_HANDLE; },
+      [where, answers, shared_queries, logical](size_t i, CK_FUNCTION_LIST* fn,
+                                                CK_SESSION_HANDLE h) {
+        answers->Clear();
+        return ReadAnswers(fn, h, where[i], *shared_queries, logical.get(), answers.get());
+      },
+      "C_GetAttributeValue");
+  if (rv == CKR_OK) *ctx.AddResult()->mutable_answers() = std::move(*answers);
+  return rv;
 }
 
 CK_RV SetAttributeValue(CallContext& ctx) {
@@ -464,26 +481,32 @@ CK_RV SetAttributeValue(CallContext& ctx) {
 
 namespace {
 
-// Runs one complete search on a member session.
-CK_RV SearchMember(Member* m, const v1::AttributeList& tmpl, std::vector<CK_OBJECT_HANDLE>* out) {
-  ASSIGN_OR_RV(wire::NativeTemplate native, wire::NativeTemplate::Decode(tmpl));
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight f(m);
-  CK_RV rv = m->fn()->C_FindObjectsInit(h, native.data(), native.size());
-  if (rv != CKR_OK) return rv;
-  CK_OBJECT_HANDLE batch[256];
-  CK_ULONG got = 0;
-  do {
-    rv = m->fn()->C_FindObjects(h, batch, 256, &got);
-    if (rv != CKR_OK) {
-      ps.MarkDirty();
-      return rv;
-    }
-    out->insert(out->end(), batch, batch + got);
-  } while (got == 256);
-  rv = m->fn()->C_FindObjectsFinal(h);
-  if (rv != CKR_OK) ps.MarkDirty();
+// Runs one complete search on a member (its session is pooled; the search
+// runs on a worker with the call deadline).
+CK_RV SearchMember(Group& group, size_t member, const v1::AttributeList& tmpl,
+                   std::vector<CK_OBJECT_HANDLE>* out) {
+  ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(tmpl));
+  (void)check;
+  auto found = std::make_shared<std::vector<CK_OBJECT_HANDLE>>();
+  auto shared_tmpl = std::make_shared<v1::AttributeList>(tmpl);
+  CK_RV rv = group.RunOnMember(
+      [member](size_t i) { return i == member; },
+      [found, shared_tmpl](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h) {
+        auto native = wire::NativeTemplate::Decode(*shared_tmpl);
+        if (!native.ok()) return wire::GetCkRv(native.status());
+        CK_RV r = fn->C_FindObjectsInit(h, native->data(), native->size());
+        if (r != CKR_OK) return r;
+        CK_OBJECT_HANDLE batch[256];
+        CK_ULONG got = 0;
+        do {
+          r = fn->C_FindObjects(h, batch, 256, &got);
+          if (r != CKR_OK) return r;  // the session is closed, not pooled
+          found->insert(found->end(), batch, batch + got);
+        } while (got == 256);
+        return fn->C_FindObjectsFinal(h);
+      },
+      "C_FindObjects");
+  if (rv == CKR_OK) *out = *found;
   return rv;
 }
 
@@ -499,7 +522,7 @@ CK_RV FindTokenObjects(Group& group, const v1::AttributeList& tmpl, bool logged_
     v1::AttributeList t = tmpl;
     AddWireBool(t, CKA_TOKEN, true);
     std::vector<CK_OBJECT_HANDLE> found;
-    if (CK_RV rv = SearchMember(group.member(mi), t, &found); rv != CKR_OK) return rv;
+    if (CK_RV rv = SearchMember(group, mi, t, &found); rv != CKR_OK) return rv;
     std::vector<uint64_t> out;
     for (const auto& obj : group.registry().All()) {
       if (!obj->OnMember(mi)) continue;
@@ -557,7 +580,7 @@ CK_RV FindObjectsInit(CallContext& ctx) {
     if (!logged_in && !WireBool(t, CKA_PRIVATE).has_value()) AddWireBool(t, CKA_PRIVATE, false);
     for (size_t mi : members) {
       std::vector<CK_OBJECT_HANDLE> found;
-      if (CK_RV rv = SearchMember(group.member(mi), t, &found); rv != CKR_OK) return rv;
+      if (CK_RV rv = SearchMember(group, mi, t, &found); rv != CKR_OK) return rv;
       absl::MutexLock lock(&ctx.instance().mu);
       for (CK_OBJECT_HANDLE h : found) {
         auto it = ctx.instance().object_index.find({mi, h});
@@ -689,21 +712,25 @@ CK_RV WrapKey(CallContext& ctx) {
   ASSIGN_OR_RV(ObjectRef kref, ctx.Object(*session, key, CKR_KEY_HANDLE_INVALID));
   ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
   // A member holding both keys.
-  auto member = group.RouteWhere([&](size_t i) {
-    return ctx.HandleOn(group, wref, i) != CK_INVALID_HANDLE &&
-           ctx.HandleOn(group, kref, i) != CK_INVALID_HANDLE;
-  });
-  if (!member.has_value()) return CKR_DEVICE_ERROR;
-  Member* m = group.member(*member);
-  ASSIGN_OR_RV(CK_SESSION_HANDLE h, m->Acquire());
-  PooledSession ps(m, h);
-  InFlight f(m);
-  OutputBuffer out(*cap);
-  CK_RV rv = m->fn()->C_WrapKey(h, nm.get(), ctx.HandleOn(group, wref, *member),
-                                ctx.HandleOn(group, kref, *member), out.ptr(), out.len());
-  if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) ps.MarkDirty();
+  std::vector<CK_OBJECT_HANDLE> wrapping_on(group.member_count()), key_on(group.member_count());
+  for (size_t i = 0; i < wrapping_on.size(); ++i) {
+    wrapping_on[i] = ctx.HandleOn(group, wref, i);
+    key_on[i] = ctx.HandleOn(group, kref, i);
+  }
+  auto out = std::make_shared<OutputBuffer>(*cap);
+  auto shared_mech = std::make_shared<v1::Mechanism>(*mech);
+  CK_RV rv = group.RunOnMember(
+      [&](size_t i) { return wrapping_on[i] != CK_INVALID_HANDLE && key_on[i] != CK_INVALID_HANDLE; },
+      [out, shared_mech, wrapping_on, key_on](size_t i, CK_FUNCTION_LIST* fn,
+                                              CK_SESSION_HANDLE h) {
+        auto nm = wire::NativeMechanism::Decode(*shared_mech);
+        if (!nm.ok()) return wire::GetCkRv(nm.status());
+        return fn->C_WrapKey(h, nm->get(), wrapping_on[i], key_on[i], out->ptr(), out->len());
+      },
+      "C_WrapKey");
+  (void)nm;
   if (rv == CKR_OBJECT_HANDLE_INVALID) rv = CKR_KEY_HANDLE_INVALID;
-  if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out.Answer(rv, ctx.AddResult());
+  if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) out->Answer(rv, ctx.AddResult());
   return rv;
 }
 

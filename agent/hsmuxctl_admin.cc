@@ -89,7 +89,7 @@ int Status(AdminOptions& o) {
       std::cout << "  member " << m.name() << ": "
                 << (m.healthy() ? "healthy" : (m.drained() ? "DRAINED" : "OUT"))
                 << ", calls " << m.calls() << ", in flight " << m.inflight() << ", sessions "
-                << m.open_sessions() << ", failovers " << m.failovers() << ", replication key "
+                << m.open_sessions() << ", failovers " << m.failovers() << ", replays " << m.replays() << ", replication key "
                 << (m.has_replication_key() ? "yes" : "no");
       if (!m.healthy()) std::cout << " (" << m.down_reason() << ")";
       std::cout << "\n";

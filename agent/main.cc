@@ -21,6 +21,7 @@
 #include "agent.h"
 #include "config.h"
 #include "log.h"
+#include "sd_notify.h"
 #include "service.h"
 
 ABSL_FLAG(std::string, config, "/etc/hsmux/hsmuxd.yaml", "path of the agent's YAML config");
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
   ::chmod(admin_socket.c_str(), 0600);
   std::fprintf(stderr, "hsmuxd: serving on %s\n", listen.c_str());
   std::fflush(stderr);
+  SdNotify("READY=1");  // systemd Type=notify; nothing without $NOTIFY_SOCKET
 
   std::atomic<bool> stopping{false};
   std::thread reaper([&] {
@@ -138,5 +140,11 @@ int main(int argc, char** argv) {
   admin_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   ::unlink(admin_socket.c_str());
   reaper.join();
-  return 0;
+  LogInfo("stopped");
+  // Member workers and monitor threads may still be inside vendor calls (a
+  // hung HSM): tearing the agent down under them would crash. Everything
+  // durable is already in the state store (SQLite, synchronous=FULL), so
+  // leave without running destructors.
+  std::fflush(stderr);
+  ::_exit(0);
 }

@@ -197,10 +197,12 @@ void Member::set_down_reason(std::string why) {
   down_reason_ = std::move(why);
 }
 
-void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms) {
+void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms,
+                           uint32_t open_timeout_ms) {
   pool_min_ = min;
   pool_max_ = max;
   pool_wait_ms_ = wait_ms;
+  open_timeout_ms_ = open_timeout_ms;
 }
 
 absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
@@ -224,7 +226,7 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
   auto h = std::make_shared<CK_SESSION_HANDLE>(CK_INVALID_HANDLE);
   const CK_SLOT_ID slot = slot_;
   CK_RV rv = Invoke<CK_SESSION_HANDLE>(
-      absl::Milliseconds(pool_wait_ms_), h,
+      absl::Milliseconds(open_timeout_ms_), h,
       [slot](CK_FUNCTION_LIST* f, CK_SESSION_HANDLE& out) {
         return f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
                                 &out);

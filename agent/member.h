@@ -82,7 +82,7 @@ class Member {
 
   // Pool bounds (DESIGN §4): `max` counts the holder session too, so the
   // member never sees more than `max` sessions from this agent.
-  void ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms);
+  void ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms, uint32_t open_timeout_ms);
 
   // A pooled session: an idle one, a new one while under the maximum, or
   // the first one released within the wait. CKR_DEVICE_ERROR after the wait.
@@ -102,7 +102,8 @@ class Member {
   // Load and health, read by routing and reported by hsmuxctl/metrics.
   std::atomic<int> inflight{0};
   std::atomic<uint64_t> calls{0};
-  std::atomic<uint64_t> failovers{0};
+  std::atomic<uint64_t> failovers{0};  // calls moved off this member
+  std::atomic<uint64_t> replays{0};    // multi-part operations replayed onto it
   std::atomic<bool> healthy{false};
   std::atomic<bool> drained{false};  // taken out by an operator
   uint32_t weight = 1;
@@ -129,6 +130,7 @@ class Member {
   uint32_t pool_min_ = 2;
   uint32_t pool_max_ = 16;  // including the holder
   uint32_t pool_wait_ms_ = 5000;
+  uint32_t open_timeout_ms_ = 5000;  // one C_OpenSession, like any call
   std::string down_reason_ ABSL_GUARDED_BY(pool_mu_) = "not connected";
 };
 

@@ -155,15 +155,20 @@ void Writer::JournalState(uint64_t seq, const std::string& state) {
   }
 }
 
-void Writer::Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made) {
+std::vector<std::pair<size_t, size_t>> Writer::Undo(
+    const std::vector<std::vector<CK_OBJECT_HANDLE>>& made) {
+  std::vector<std::pair<size_t, size_t>> left;
   for (size_t i = 0; i < made.size(); ++i) {
-    for (CK_OBJECT_HANDLE h : made[i]) {
+    for (size_t k = 0; k < made[i].size(); ++k) {
+      const CK_OBJECT_HANDLE h = made[i][k];
       if (h == CK_INVALID_HANDLE) continue;
-      OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      CK_RV rv = OnMember(i, false, [h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
         return fn->C_DestroyObject(holder, h);
       });
+      if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID) left.emplace_back(i, k);
     }
   }
+  return left;
 }
 
 absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
@@ -213,8 +218,17 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
   const size_t count = templates.size();
   std::vector<std::vector<CK_OBJECT_HANDLE>> made(
       n_members, std::vector<CK_OBJECT_HANDLE>(count, CK_INVALID_HANDLE));
+  std::vector<ObjectSnapshot> snaps(count);
+  std::vector<std::string> fps(count);
   auto fail = [&](CK_RV rv, const std::string& why) -> absl::Status {
-    Undo(made);
+    // A member that did not answer may still finish what it was asked
+    // (even relabelling the object to its final label) once it answers
+    // again: remember what to look for when it is caught up.
+    for (auto [i, k] : Undo(made)) {
+      if (fps[k].empty()) continue;  // still pending-labelled: dropped anyway
+      absl::MutexLock lock(&orphans_mu_);
+      orphans_.push_back(Orphan{i, snaps[k].object_class, fps[k]});
+    }
     if (rv == CKR_DEVICE_ERROR) LogError(absl::StrCat("replicated write failed: ", why));
     return wire::CkError(rv, why);
   };
@@ -254,8 +268,6 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
   }
 
   // 2. Read what was made on the source: attributes, fingerprint.
-  std::vector<ObjectSnapshot> snaps(count);
-  std::vector<std::string> fps(count);
   Member* src = group_.member(source);
   for (size_t k = 0; k < count; ++k) {
     auto session = src->Acquire();
@@ -776,8 +788,21 @@ absl::Status Writer::CatchUp(size_t i) {
       dead |= !f.fingerprint.empty() && t.fingerprint == f.fingerprint &&
               t.object_class == snap.object_class;
     }
+    {
+      // Made by a write that failed while this member did not answer.
+      absl::MutexLock lock(&orphans_mu_);
+      for (auto it = orphans_.begin(); it != orphans_.end(); ++it) {
+        if (it->member == i && !f.fingerprint.empty() && it->fingerprint == f.fingerprint &&
+            it->object_class == snap.object_class) {
+          dead = true;
+          orphans_.erase(it);
+          break;
+        }
+      }
+    }
     if (dead) {
-      // Destroyed while the member was out: never resurrected.
+      // Destroyed while the member was out, or left by a failed write:
+      // never resurrected.
       destroy(f.handle);
       ++dropped;
     }

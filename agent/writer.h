@@ -85,7 +85,9 @@ class Writer {
   CK_RV OnMember(size_t member, bool keygen,
                  std::function<CK_RV(CK_FUNCTION_LIST*, CK_SESSION_HANDLE holder)> call,
                  bool recovering = false);
-  void Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made);
+  // Destroys member objects made by a write that did not complete; returns
+  // the (member, object) pairs it could not destroy.
+  std::vector<std::pair<size_t, size_t>> Undo(const std::vector<std::vector<CK_OBJECT_HANDLE>>& made);
   uint64_t Journal(const std::string& op, uint64_t logical_id, const v1::JournalPayload& payload,
                    const std::string& state);
   void JournalState(uint64_t seq, const std::string& state);
@@ -98,6 +100,15 @@ class Writer {
   StateStore* store_ = nullptr;
   // Writes share it; catch-up takes it alone.
   absl::Mutex catchup_mu_;
+  // Objects of failed writes on members that did not answer, dropped when
+  // the member is caught up.
+  struct Orphan {
+    size_t member;
+    CK_OBJECT_CLASS object_class;
+    std::string fingerprint;
+  };
+  absl::Mutex orphans_mu_;
+  std::vector<Orphan> orphans_ ABSL_GUARDED_BY(orphans_mu_);
 };
 
 }  // namespace hsmux::agent
