@@ -32,6 +32,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
   for (const GroupConfig& gc : agent->config_.groups) {
     HSMUX_ASSIGN_OR_RETURN(auto group, Group::Form(gc, agent->libraries_));
     group->writer().set_store(agent->store_.get());
+    std::vector<std::string> names;
+    for (const MemberConfig& mc : gc.members) names.push_back(mc.name);
+    group->registry().set_store(agent->store_.get(), gc.slot_id, std::move(names));
     HSMUX_ASSIGN_OR_RETURN(DiscoveryReport report, group->registry().Discover(*group));
     // Writes a crash left unacknowledged are undone before anyone is served.
     group->writer().RollBackPending();

@@ -1,6 +1,9 @@
 #include "call_context.h"
 
 #include "agent.h"
+#include "log.h"
+#include "absl/strings/str_cat.h"
+#include "wire/attribute_codec.h"
 
 namespace hsmux::agent {
 namespace {
@@ -84,6 +87,39 @@ absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint
     auto obj = session.group->registry().Get(ref.logical_id);
     if (obj == nullptr) return wire::CkError(invalid_rv, "object destroyed");
     ref.is_private = obj->snapshot.is_private ? 1 : 0;
+  } else if (!session.group->member(ref.member)->healthy.load()) {
+    // A session object whose member failed: made again elsewhere from its
+    // template if C_CreateObject made it; otherwise it is gone.
+    if (ref.create_template == nullptr) return wire::CkError(invalid_rv, "session object lost");
+    Group& group = *session.group;
+    const size_t home = HomeMember(group);
+    Member* m = group.member(home);
+    if (!m->healthy.load()) return wire::CkError(CKR_DEVICE_ERROR, "no healthy member");
+    auto tmpl = ref.create_template;
+    auto made = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
+    CK_RV rv;
+    {
+      absl::MutexLock hlock(&m->holder_mutex());
+      const CK_SESSION_HANDLE holder = m->holder();
+      rv = m->Invoke<CK_OBJECT_HANDLE>(
+          absl::Milliseconds(group.config().call_timeout_ms), made,
+          [tmpl, holder](CK_FUNCTION_LIST* fn, CK_OBJECT_HANDLE& out) {
+            auto native = wire::NativeTemplate::Decode(*tmpl);
+            if (!native.ok()) return wire::GetCkRv(native.status());
+            return fn->C_CreateObject(holder, native->data(), native->size(), &out);
+          });
+    }
+    if (rv != CKR_OK) return wire::CkError(invalid_rv, "session object could not be made again");
+    absl::MutexLock lock(&instance_->mu);
+    auto it = instance_->objects.find(handle);
+    if (it == instance_->objects.end()) return wire::CkError(invalid_rv, "no such object");
+    instance_->object_index.erase({it->second.member, it->second.member_handle});
+    it->second.member = home;
+    it->second.member_handle = *made;
+    instance_->object_index[{home, *made}] = handle;
+    ref = it->second;
+    LogInfo(absl::StrCat("instance ", instance_->id, ": session object made again on member ",
+                         m->name()));
   }
   if (LoggedIn(session.slot_id)) return ref;
   // Before login, private objects are invisible (the agent itself is always
@@ -123,6 +159,14 @@ uint64_t CallContext::MapObject(size_t member, CK_OBJECT_HANDLE member_handle,
   instance_->objects[h] = ref;
   instance_->object_index[key] = h;
   return h;
+}
+
+void CallContext::KeepTemplate(uint64_t handle, const v1::AttributeList& tmpl) {
+  absl::MutexLock lock(&instance_->mu);
+  auto it = instance_->objects.find(handle);
+  if (it != instance_->objects.end()) {
+    it->second.create_template = std::make_shared<const v1::AttributeList>(tmpl);
+  }
 }
 
 uint64_t CallContext::MapLogical(uint64_t logical_id) {

@@ -54,6 +54,11 @@ class CallContext {
   // Results, appended in the order of the function's output parameters.
   v1::Value* AddResult() { return response_.add_results(); }
   void AddUlong(uint64_t v) { AddResult()->set_ulong(v); }
+  // The last result added, as a CK_ULONG (0 if there is none).
+  uint64_t LastResultUlong() const {
+    const int n = response_.results_size();
+    return n == 0 ? 0 : response_.results(n - 1).ulong();
+  }
 
   // The caller's session (args[0]), or CKR_SESSION_HANDLE_INVALID.
   absl::StatusOr<std::shared_ptr<ClientSession>> Session() const;
@@ -71,6 +76,8 @@ class CallContext {
   uint64_t MapObject(size_t member, CK_OBJECT_HANDLE member_handle, uint64_t owner_session);
   // The instance's handle for a token object of the registry.
   uint64_t MapLogical(uint64_t logical_id);
+  // Remembers the template a session object was created from.
+  void KeepTemplate(uint64_t handle, const v1::AttributeList& tmpl);
   void UnmapObject(uint64_t handle);
 
   // Where to run a call on an object: a member holding it (routed for token

@@ -137,7 +137,12 @@ CK_RV Group::RunOnMember(
       if (used != nullptr) *used = i;
       return rv;
     }
-    Suspect(i, rv, what);
+    // Probed now, so that a caller whose object lives only there (a session
+    // object) sees the member out and can make the object again elsewhere.
+    LogWarning(absl::StrCat("member ", m->name(), ": ", what, " answered ",
+                            rv == kMemberTimedOut ? std::string("nothing in time")
+                                                  : wire::CkRvName(rv)));
+    Probe(i);
     excluded.insert(i);
     m->failovers.fetch_add(1);
   }

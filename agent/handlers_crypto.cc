@@ -310,15 +310,25 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
       return true;
     });
     if (!member.has_value()) {
+      bool moved = false;
       for (size_t k : todo) {
-        const auto& key = s.pending[k]->key;
-        // A session key lives on one member and is lost with it (DESIGN §3).
-        if (key.has_value() && key->logical_id == 0 &&
-            !group.member(key->member)->healthy.load()) {
+        auto& key = s.pending[k]->key;
+        if (!key.has_value() || key->logical_id != 0 ||
+            group.member(key->member)->healthy.load()) {
+          continue;
+        }
+        // A session key whose member failed: made again elsewhere if
+        // C_CreateObject made it, else lost with it (DESIGN §3).
+        auto again = ctx.Object(s, s.pending[k]->key_handle, CKR_KEY_HANDLE_INVALID);
+        if (!again.ok()) {
           EndAll(s, /*dirty=*/true);
           return CKR_KEY_HANDLE_INVALID;
         }
+        key = *again;
+        if (s.inits[k].has_value()) s.inits[k]->key = *again;
+        moved = true;
       }
+      if (moved) return Materialize(ctx, s, f, excluded, tried, also);
       return CKR_DEVICE_ERROR;
     }
     if (tried != nullptr) *tried = static_cast<int>(*member);
@@ -502,6 +512,7 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
       return CKR_MECHANISM_INVALID;  // not in the key's CKA_ALLOWED_MECHANISMS
     }
     op.key = ref;
+    op.key_handle = kh;
   }
   const bool has_params = mech->params_case() != v1::Mechanism::PARAMS_NOT_SET;
   s.inits[Index(spec.kind)] = op;

@@ -197,12 +197,15 @@ CK_RV CreateObject(CallContext& ctx) {
   (void)check;
   Group& group = *session->group;
   if (!WireBool(*tmpl, CKA_TOKEN).value_or(false)) {
-    return MakeSessionObjects(ctx, *session, ctx.HomeMember(group), 1,
-                              [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
-                                auto native = wire::NativeTemplate::Decode(*tmpl);
-                                return m.fn()->C_CreateObject(h, native->data(), native->size(),
-                                                              &(*made)[0]);
-                              });
+    CK_RV rv = MakeSessionObjects(ctx, *session, ctx.HomeMember(group), 1,
+                                  [&](Member& m, CK_SESSION_HANDLE h, auto* made) {
+                                    auto native = wire::NativeTemplate::Decode(*tmpl);
+                                    return m.fn()->C_CreateObject(h, native->data(),
+                                                                  native->size(), &(*made)[0]);
+                                  });
+    // Kept so the object can be made again on another member (DESIGN §3).
+    if (rv == CKR_OK) ctx.KeepTemplate(ctx.LastResultUlong(), *tmpl);
+    return rv;
   }
   const bool key = IsKeyClass(WireUlong(*tmpl, CKA_CLASS));
   auto make = [](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h,
@@ -447,6 +450,7 @@ CK_RV GetAttributeValue(CallContext& ctx) {
     }
   }
   Group& group = *session->group;
+  for (int attempt = 0;; ++attempt) {
   std::vector<CK_OBJECT_HANDLE> where(group.member_count());
   for (size_t i = 0; i < where.size(); ++i) where[i] = ctx.HandleOn(group, ref, i);
   auto answers = std::make_shared<v1::AttributeAnswerList>();
@@ -459,8 +463,15 @@ CK_RV GetAttributeValue(CallContext& ctx) {
         return ReadAnswers(fn, h, where[i], *shared_queries, logical.get(), answers.get());
       },
       "C_GetAttributeValue");
+  if (rv == CKR_DEVICE_ERROR && attempt == 0 && ref.logical_id == 0) {
+    // The session object's member failed: look it up again (it is made
+    // again elsewhere if it can be) and retry once.
+    ASSIGN_OR_RV(ref, ctx.Object(*session, handle, CKR_OBJECT_HANDLE_INVALID));
+    continue;
+  }
   if (rv == CKR_OK) *ctx.AddResult()->mutable_answers() = std::move(*answers);
   return rv;
+  }
 }
 
 CK_RV SetAttributeValue(CallContext& ctx) {

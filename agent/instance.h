@@ -32,6 +32,10 @@ struct ObjectRef {
   CK_OBJECT_HANDLE member_handle = CK_INVALID_HANDLE;
   uint64_t owner_session = 0;                    // session objects: the owner
   int is_private = -1;                           // -1: not read yet
+  // Session objects made by C_CreateObject: the template, kept in agent
+  // memory only, to make the object again on another member if its member
+  // fails (DESIGN §3). Generated session keys have none and are lost.
+  std::shared_ptr<const v1::AttributeList> create_template;
 };
 
 // The cryptographic operations a session can have active.
@@ -46,6 +50,7 @@ enum class OpMode { kNone, kSingle, kMulti };
 struct PendingOp {
   v1::Mechanism mechanism;
   std::optional<ObjectRef> key;
+  uint64_t key_handle = 0;  // the instance's handle, to look the key up again
 };
 
 struct ClientSession {

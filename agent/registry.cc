@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "group.h"
 #include "log.h"
+#include "member.h"
 #include "wire/attribute_kinds.h"
 #include "wire/errors.h"
 
@@ -157,6 +158,23 @@ absl::StatusOr<DiscoveryReport> Registry::Discover(Group& group) {
     objects[obj->id] = obj;
   }
   report.objects = objects.size();
+  if (store_ != nullptr) {
+    // Keep the store's rows: the same object keeps its row across restarts.
+    std::vector<StoredObject> stored;
+    if (auto rows = store_->ListObjects(slot_id_); rows.ok()) stored = std::move(*rows);
+    for (auto& [id, obj] : objects) {
+      auto copy = std::make_shared<LogicalObject>(*obj);
+      for (const StoredObject& row : stored) {
+        if (row.state == "live" && !row.fingerprint.empty() &&
+            row.fingerprint == copy->fingerprint && row.object_class == copy->snapshot.object_class) {
+          copy->store_id = row.logical_id;
+          break;
+        }
+      }
+      copy->store_id = Persist(*copy);
+      obj = copy;
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     objects_ = std::move(objects);
@@ -166,6 +184,29 @@ absl::StatusOr<DiscoveryReport> Registry::Discover(Group& group) {
   }
   report_ = report;
   return report;
+}
+
+uint64_t Registry::Persist(const LogicalObject& object) {
+  if (store_ == nullptr) return 0;
+  StoredObject row;
+  row.logical_id = object.store_id;
+  row.slot_id = slot_id_;
+  row.object_class = object.snapshot.object_class;
+  row.key_type = object.snapshot.key_type;
+  row.cka_id = object.snapshot.cka_id;
+  row.label = object.snapshot.label;
+  row.fingerprint = object.fingerprint;
+  row.attributes = object.snapshot.attributes.SerializeAsString();
+  row.state = "live";
+  for (size_t i = 0; i < object.handles.size() && i < member_names_.size(); ++i) {
+    if (object.OnMember(i)) row.replicas.emplace_back(member_names_[i], object.proof);
+  }
+  auto id = store_->PutObject(row);
+  if (!id.ok()) {
+    LogError(absl::StrCat("state store: registry row not written: ", id.status().message()));
+    return 0;
+  }
+  return *id;
 }
 
 std::shared_ptr<const LogicalObject> Registry::Get(uint64_t id) const {
@@ -182,6 +223,7 @@ std::vector<std::shared_ptr<const LogicalObject>> Registry::All() const {
 }
 
 uint64_t Registry::Add(LogicalObject object) {
+  object.store_id = Persist(object);
   absl::MutexLock lock(&mu_);
   object.id = next_id_++;
   const uint64_t id = object.id;
@@ -190,6 +232,7 @@ uint64_t Registry::Add(LogicalObject object) {
 }
 
 void Registry::Replace(std::shared_ptr<const LogicalObject> object) {
+  if (object->store_id != 0) Persist(*object);
   absl::MutexLock lock(&mu_);
   objects_[object->id] = std::move(object);
 }

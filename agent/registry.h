@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "hsmux/v1/cryptoki.pb.h"
 #include "object_reader.h"
+#include "state_store.h"
 
 namespace hsmux::agent {
 
@@ -29,6 +30,7 @@ inline constexpr char kPendingLabelPrefix[] = "hsmux-pending-";
 
 struct LogicalObject {
   uint64_t id = 0;
+  uint64_t store_id = 0;    // its row in the state store (0: not stored yet)
   ObjectSnapshot snapshot;  // attributes as clients see them (weakest values)
   std::string fingerprint;
   std::vector<CK_OBJECT_HANDLE> handles;  // per member; CK_INVALID_HANDLE: absent
@@ -50,6 +52,14 @@ struct DiscoveryReport {
 class Registry {
  public:
   explicit Registry(size_t member_count) : member_count_(member_count) {}
+
+  // Keeps the registry in the state store (DESIGN §3 "persistent registry"):
+  // every logical object with its replicas, by member name.
+  void set_store(StateStore* store, uint64_t slot_id, std::vector<std::string> member_names) {
+    store_ = store;
+    slot_id_ = slot_id;
+    member_names_ = std::move(member_names);
+  }
 
   // Rebuilds the registry from the members' token objects. Members whose
   // index is in `skip` (unreachable) are left out.
@@ -75,7 +85,13 @@ class Registry {
   const DiscoveryReport& last_report() const { return report_; }
 
  private:
+  // Writes the object's row; returns its store id (0 on failure, logged).
+  uint64_t Persist(const LogicalObject& object);
+
   const size_t member_count_;
+  StateStore* store_ = nullptr;
+  uint64_t slot_id_ = 0;
+  std::vector<std::string> member_names_;
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, std::shared_ptr<const LogicalObject>> objects_ ABSL_GUARDED_BY(mu_);

@@ -513,6 +513,7 @@ CK_RV Writer::Destroy(uint64_t logical_id) {
   }
   if (store_ != nullptr) {
     StoredObject tomb;
+    tomb.logical_id = obj->store_id;  // the object's row becomes its tombstone
     tomb.slot_id = group_.config().slot_id;
     tomb.object_class = obj->snapshot.object_class;
     tomb.key_type = obj->snapshot.key_type;

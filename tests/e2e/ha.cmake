@@ -24,3 +24,8 @@ set_tests_properties(e2e_ha_replay PROPERTIES ENVIRONMENT
   "HSMUX_WITH_TESTWRAP=1;HSMUX_GROUP_EXTRA=${HSMUX_HA_GROUP}\\;replay_buffer_bytes: 64")
 # A standby agent on the same state directory takes over.
 hsmux_group_e2e_test(e2e_ha_standby ha_standby_test.cc)
+# Session objects when their member fails: made again from the kept template,
+# or lost (generated keys).
+hsmux_group_e2e_test(e2e_ha_session_objects ha_session_objects_test.cc)
+set_tests_properties(e2e_ha_session_objects PROPERTIES ENVIRONMENT
+  "HSMUX_WITH_TESTWRAP=1;HSMUX_GROUP_EXTRA=${HSMUX_HA_GROUP}")
