@@ -208,6 +208,16 @@ void Agent::Call(const std::shared_ptr<Instance>& instance, const v1::CallReques
   // carries the needed length).
   if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) response.clear_results();
   response.set_ck_rv(rv);
+  if (count_call_) count_call_(ClientKey(*instance->client), rv);
+}
+
+bool Agent::AnyMemberHealthy() {
+  for (const auto& [slot, group] : groups_) {
+    for (size_t i = 0; i < group->member_count(); ++i) {
+      if (group->member(i)->healthy.load()) return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace hsmux::agent

@@ -2,6 +2,7 @@
 // and call dispatch.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,6 +52,12 @@ class Agent {
   const std::map<uint64_t, std::unique_ptr<Group>>& groups() const { return groups_; }
   StateStore& store() { return *store_; }
   ClientPins& pins() { return *pins_; }
+  // Counts served calls per identity and outcome (metrics); may be unset.
+  void set_call_counter(std::function<void(const std::string&, CK_RV)> count) {
+    count_call_ = std::move(count);
+  }
+  // True while some group has a healthy member (gRPC health: SERVING).
+  bool AnyMemberHealthy();
 
   // Instances and client sessions now, for status.
   std::pair<uint64_t, uint64_t> Counts();
@@ -69,6 +76,7 @@ class Agent {
   AgentConfig config_;
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<ClientPins> pins_;
+  std::function<void(const std::string&, CK_RV)> count_call_;
   std::map<std::string, std::shared_ptr<MemberLibrary>> libraries_;
   std::map<uint64_t, std::unique_ptr<Group>> groups_;
 

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 
 #include "absl/strings/str_cat.h"
+#include "audit.h"
 #include "log.h"
 #include "pin_hash.h"
 #include "wire/errors.h"
@@ -19,6 +20,7 @@ CK_RV ClientPins::CheckLocked(const ClientConfig& client, const GroupAccess& acc
   }
   if (lock->locked) {
     LogWarning(absl::StrCat("audit: login refused, PIN locked: ", who, " slot ", access.slot_id));
+    Audit("login_refused_locked", who, {{"slot", std::to_string(access.slot_id)}});
     return CKR_PIN_LOCKED;
   }
   if (pin.size() < kMinLen || pin.size() > kMaxLen) return CKR_PIN_LEN_RANGE;
@@ -45,6 +47,8 @@ CK_RV ClientPins::CheckLocked(const ClientConfig& client, const GroupAccess& acc
   if (auto s = store_.PutLockout(next); !s.ok()) {
     LogError(absl::StrCat("state store: ", s.message()));
   }
+  Audit(next.locked ? "lockout" : "login_failed", who,
+        {{"slot", std::to_string(access.slot_id)}, {"failures", std::to_string(next.failures)}});
   LogWarning(absl::StrCat("audit: wrong PIN for ", who, " on slot ", access.slot_id, " (",
                           next.failures, " of ", max_, ")",
                           next.locked ? ": identity locked" : ""));
@@ -70,6 +74,7 @@ CK_RV ClientPins::Change(const ClientConfig& client, const GroupAccess& access,
     return CKR_GENERAL_ERROR;
   }
   LogInfo(absl::StrCat("audit: PIN changed by ", ClientKey(client), " on slot ", access.slot_id));
+  Audit("pin_changed", ClientKey(client), {{"slot", std::to_string(access.slot_id)}});
   return CKR_OK;
 }
 
@@ -95,6 +100,7 @@ absl::Status ClientPins::Unlock(const std::string& client_key, uint64_t slot) {
   cleared.slot_id = slot;
   HSMUX_RETURN_IF_ERROR(store_.PutLockout(cleared));
   LogInfo(absl::StrCat("audit: admin unlocked ", client_key, " on slot ", slot));
+  Audit("admin_unlock", "admin", {{"client", client_key}, {"slot", std::to_string(slot)}});
   return absl::OkStatus();
 }
 

@@ -780,8 +780,8 @@ class Loader {
     if (absl::Status s =
             ReadMap(root, "",
                     {"listen", "tls", "state_dir", "lease_seconds",
-                     "max_sessions_per_instance", "max_pin_failures", "groups",
-                     "clients"},
+                     "max_sessions_per_instance", "max_pin_failures", "metrics_listen",
+                     "audit_log", "groups", "clients"},
                     &top);
         !s.ok()) {
       return s;
@@ -791,6 +791,16 @@ class Loader {
     // state_dir may not exist yet: the agent (or systemd) creates it.
     if (absl::Status s = GetPath(top, "state_dir", Need::kOptional,
                                  PathKind::kAny, &config->state_dir);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetString(top, "metrics_listen", Need::kOptional, 256, false,
+                                   &config->metrics_listen);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetString(top, "audit_log", Need::kOptional, 4096, false,
+                                   &config->audit_log);
         !s.ok()) {
       return s;
     }

@@ -79,6 +79,12 @@ struct AgentConfig {
   std::string listen = "127.0.0.1:7443";  // host:port of the mTLS listener
   TlsConfig tls;
   std::string state_dir = "/var/lib/hsmux";
+  // Prometheus endpoint (host:port); empty: off. Localhost by default.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // Audit log (JSON lines): logins, failed logins, lockouts, key creation
+  // and destruction, admin actions; never a PIN or key material. Empty:
+  // <state_dir>/audit.log.
+  std::string audit_log;
   uint32_t lease_seconds = 30;  // instance lease, renewed by heartbeats
   uint32_t max_sessions_per_instance = 4096;
   // Wrong PINs in a row that lock an identity out of a group

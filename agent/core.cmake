@@ -1,7 +1,9 @@
 # The agent's core (library, so tests can link it) and the hsmuxd binary.
+find_package(prometheus-cpp CONFIG REQUIRED)
 add_library(hsmux_agent_core STATIC
   admin_service.cc
   agent.cc
+  audit.cc
   call_context.cc
   call_executor.cc
   client_pins.cc
@@ -12,12 +14,14 @@ add_library(hsmux_agent_core STATIC
   handlers_token.cc
   log.cc
   member.cc
+  metrics.cc
   object_reader.cc
   registry.cc
   service.cc
   writer.cc)
 target_include_directories(hsmux_agent_core PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
 target_link_libraries(hsmux_agent_core PUBLIC hsmux_wire hsmux_agent_config OpenSSL::Crypto
+  prometheus-cpp::pull
   absl::synchronization absl::time Threads::Threads ${CMAKE_DL_LIBS})
 
 add_executable(hsmuxd main.cc sd_notify.cc)

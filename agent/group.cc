@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "audit.h"
 #include "log.h"
 #include "wire/errors.h"
 #include "wire/mechanism_codec.h"
@@ -240,6 +241,7 @@ absl::Status Group::Drain(const std::string& name) {
     members_[i]->drained.store(true);
     MarkDown(i, "drained by an operator");
     LogInfo(absl::StrCat("audit: admin drained member ", name));
+    Audit("admin_drain", "admin", {{"group", config_.label}, {"member", name}});
     return absl::OkStatus();
   }
   return absl::NotFoundError(absl::StrCat("no member ", name, " in group ", config_.label));
@@ -250,6 +252,7 @@ absl::Status Group::Readmit(const std::string& name) {
     if (members_[i]->name() != name) continue;
     members_[i]->drained.store(false);
     LogInfo(absl::StrCat("audit: admin readmitted member ", name));
+    Audit("admin_readmit", "admin", {{"group", config_.label}, {"member", name}});
     Recover(i);
     if (!members_[i]->healthy.load()) {
       return absl::UnavailableError(absl::StrCat("member ", name, " not readmitted: ",

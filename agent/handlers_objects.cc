@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent.h"
 #include "dispatch.h"
+#include "audit.h"
 #include "log.h"
 #include "wire/attribute_codec.h"
 #include "wire/attribute_kinds.h"
@@ -99,7 +100,16 @@ CK_RV AdoptTokenObjects(CallContext& ctx, const ClientSession& session,
     for (uint64_t id : ids) group.writer().Destroy(id);
     return CKR_USER_NOT_LOGGED_IN;
   }
-  for (uint64_t id : ids) ctx.AddUlong(ctx.MapLogical(id));
+  for (uint64_t id : ids) {
+    ctx.AddUlong(ctx.MapLogical(id));
+    auto obj = group.registry().Get(id);
+    const CK_OBJECT_CLASS cls = obj != nullptr ? obj->snapshot.object_class : 0;
+    if (cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY) {
+      Audit("key_created", ClientKey(*ctx.instance().client),
+            {{"group", group.config().label}, {"class", std::to_string(cls)},
+             {"key_type", std::to_string(obj->snapshot.key_type)}});
+    }
+  }
   return CKR_OK;
 }
 
@@ -276,6 +286,8 @@ CK_RV DestroyObject(CallContext& ctx) {
     if (rv == CKR_OK) {
       LogInfo(absl::StrCat("instance ", ctx.instance().id, " (", ctx.instance().identity,
                            "): destroyed token object on every member"));
+      Audit("object_destroyed", ClientKey(*ctx.instance().client),
+            {{"group", session->group->config().label}});
     }
     return rv;
   }

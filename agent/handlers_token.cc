@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent.h"
 #include "dispatch.h"
+#include "audit.h"
 #include "log.h"
 #include "client_pins.h"
 
@@ -188,6 +189,7 @@ CK_RV Login(CallContext& ctx) {
   absl::MutexLock lock(&inst.mu);
   inst.logged_in_slots.insert(session->slot_id);
   LogInfo(absl::StrCat("audit: login: ", inst.identity, " on slot ", session->slot_id));
+  Audit("login", ClientKey(*inst.client), {{"slot", std::to_string(session->slot_id)}});
   return CKR_OK;
 }
 

@@ -18,6 +18,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "admin_service.h"
+#include "audit.h"
+#include "metrics.h"
+#include <grpcpp/health_check_service_interface.h>
 #include "agent.h"
 #include "config.h"
 #include "log.h"
@@ -52,6 +55,9 @@ int main(int argc, char** argv) {
   }
   if (!absl::GetFlag(FLAGS_listen).empty()) config->listen = absl::GetFlag(FLAGS_listen);
   const std::string listen = config->listen;
+  const std::string state_dir = config->state_dir;
+  const std::string audit_log = config->audit_log;
+  const std::string metrics_listen = config->metrics_listen;
   // One agent serves a state directory at a time (until a shared state
   // store exists): a standby started on the same directory waits here and
   // takes over when the active agent is gone (DESIGN §5).
@@ -95,6 +101,22 @@ int main(int argc, char** argv) {
   }
   ssl.pem_key_cert_pairs.push_back(pair);
 
+  const std::string audit_path =
+      audit_log.empty() ? state_dir + "/audit.log" : audit_log;
+  if (!OpenAuditLog(audit_path)) {
+    LogError(absl::StrCat("cannot open the audit log ", audit_path));
+    return 1;
+  }
+  auto metrics = std::make_shared<AgentMetrics>(**agent);
+  (*agent)->set_call_counter(
+      [metrics](const std::string& identity, CK_RV rv) { metrics->CountCall(identity, rv); });
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!metrics_listen.empty() && metrics_listen != "off") {
+    exposer = StartMetrics(metrics_listen, metrics);
+  }
+
+  // The standard gRPC health service: SERVING while a member is healthy.
+  grpc::EnableDefaultHealthCheckService(true);
   CryptokiService service(**agent);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl));
@@ -129,6 +151,9 @@ int main(int argc, char** argv) {
     while (!stopping.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       (*agent)->ReapExpired();
+      if (auto* health = server->GetHealthCheckService()) {
+        health->SetServingStatus((*agent)->AnyMemberHealthy());
+      }
     }
   });
 

@@ -210,6 +210,7 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
     absl::MutexLock lock(&pool_mu_);
     // The holder session takes one of the member's `max` sessions.
     auto available = [this] { return !idle_.empty() || open_ + 1 < pool_max_; };
+    if (!available()) pool_waits.fetch_add(1);
     if (!pool_mu_.AwaitWithTimeout(absl::Condition(&available),
                                    absl::Milliseconds(pool_wait_ms_))) {
       LogWarning(absl::StrCat("member ", name(), ": all ", pool_max_, " sessions busy for ",

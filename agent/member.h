@@ -5,7 +5,9 @@
 // that session objects survive pool recycling, DESIGN §3).
 #pragma once
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -104,6 +106,19 @@ class Member {
   std::atomic<uint64_t> calls{0};
   std::atomic<uint64_t> failovers{0};  // calls moved off this member
   std::atomic<uint64_t> replays{0};    // multi-part operations replayed onto it
+  std::atomic<uint64_t> pool_waits{0};  // Acquire calls that found every session busy
+  // Call latency histogram (microseconds), read by the metrics endpoint.
+  static constexpr double kLatencyBucketsUs[] = {100, 250, 500, 1000, 2500, 5000, 10000,
+                                                 25000, 100000, 1000000};
+  static constexpr size_t kLatencyBuckets = sizeof(kLatencyBucketsUs) / sizeof(double);
+  std::array<std::atomic<uint64_t>, kLatencyBuckets + 1> latency_counts{};
+  std::atomic<uint64_t> latency_sum_us{0};
+  void RecordLatency(uint64_t us) {
+    size_t b = 0;
+    while (b < kLatencyBuckets && static_cast<double>(us) > kLatencyBucketsUs[b]) ++b;
+    latency_counts[b].fetch_add(1);
+    latency_sum_us.fetch_add(us);
+  }
   std::atomic<bool> healthy{false};
   std::atomic<bool> drained{false};  // taken out by an operator
   uint32_t weight = 1;
@@ -137,16 +152,23 @@ class Member {
 // Counts one call to a member while it runs (routing reads `inflight`).
 class InFlight {
  public:
-  explicit InFlight(Member* m) : m_(m) {
+  explicit InFlight(Member* m) : m_(m), start_(std::chrono::steady_clock::now()) {
     m_->inflight.fetch_add(1);
     m_->calls.fetch_add(1);
   }
-  ~InFlight() { m_->inflight.fetch_sub(1); }
+  ~InFlight() {
+    m_->inflight.fetch_sub(1);
+    m_->RecordLatency(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
+                                                              start_)
+            .count()));
+  }
   InFlight(const InFlight&) = delete;
   InFlight& operator=(const InFlight&) = delete;
 
  private:
   Member* m_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 // Scoped lease of a pooled session.

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "group.h"
+#include "audit.h"
 #include "log.h"
 #include "wire/attribute_codec.h"
 #include "wire/errors.h"
@@ -648,6 +649,7 @@ absl::Status Writer::CreateReplicationKey() {
     made.emplace_back(i, *out);
   }
   for (auto& [i, h] : made) registry_.SetReplicationKey(i, h);
+  Audit("replication_key_created", "admin", {{"group", group_.config().label}});
   LogInfo(absl::StrCat("audit: group ", group_.config().label,
                        ": replication key created on ", made.size(), " members"));
   return absl::OkStatus();
