@@ -33,13 +33,56 @@ absl::StatusOr<const v1::OutputCapacity*> CallContext::Capacity(int i) const {
   return &request_.args(i).capacity();
 }
 
+namespace {
+
+// Counts attributes (nested ones too) and checks value sizes against the
+// configured limits.
+absl::Status CheckTemplateLimits(const v1::AttributeList& list, const AgentConfig& config,
+                                 uint64_t* count, int depth) {
+  for (const auto& a : list.attributes()) {
+    if (++*count > config.max_template_attributes) {
+      return wire::CkError(CKR_TEMPLATE_INCONSISTENT,
+                           "template longer than max_template_attributes");
+    }
+    if (a.value_case() == v1::Attribute::kBytes && a.bytes().size() > config.max_attribute_bytes) {
+      return wire::CkError(CKR_ATTRIBUTE_VALUE_INVALID,
+                           "attribute value larger than max_attribute_bytes");
+    }
+    if (a.value_case() == v1::Attribute::kMechanisms &&
+        static_cast<uint64_t>(a.mechanisms().values_size()) > config.max_template_attributes) {
+      return wire::CkError(CKR_ATTRIBUTE_VALUE_INVALID, "mechanism list too long");
+    }
+    if (a.value_case() == v1::Attribute::kNested) {
+      if (depth >= 4) return wire::CkError(CKR_TEMPLATE_INCONSISTENT, "templates nested too deep");
+      HSMUX_RETURN_IF_ERROR(CheckTemplateLimits(a.nested(), config, count, depth + 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<const v1::AttributeList*> CallContext::Attributes(int i) const {
   if (i >= request_.args_size() || !request_.args(i).has_attributes()) return BadArg(i);
+  uint64_t count = 0;
+  absl::Status limits =
+      CheckTemplateLimits(request_.args(i).attributes(), agent_.config(), &count, 0);
+  if (!limits.ok()) {
+    LogWarning(absl::StrCat("instance ", instance_->id, " (", instance_->identity,
+                            "): refused: ", limits.message()));
+    return limits;
+  }
   return &request_.args(i).attributes();
 }
 
 absl::StatusOr<const v1::AttributeQueryList*> CallContext::Queries(int i) const {
   if (i >= request_.args_size() || !request_.args(i).has_queries()) return BadArg(i);
+  if (static_cast<uint64_t>(request_.args(i).queries().queries_size()) >
+      agent_.config().max_template_attributes) {
+    LogWarning(absl::StrCat("instance ", instance_->id, ": refused: template longer than "
+                            "max_template_attributes"));
+    return wire::CkError(CKR_TEMPLATE_INCONSISTENT, "template too long");
+  }
   return &request_.args(i).queries();
 }
 
@@ -140,6 +183,11 @@ absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint
   }
   if (ref.is_private == 1) return wire::CkError(invalid_rv, "private object before login");
   return ref;
+}
+
+bool CallContext::ObjectLimitReached() const {
+  absl::MutexLock lock(&instance_->mu);
+  return instance_->objects.size() >= agent_.config().max_objects_per_instance;
 }
 
 uint64_t CallContext::MapObject(size_t member, CK_OBJECT_HANDLE member_handle,

@@ -79,6 +79,8 @@ class CallContext {
   // Remembers the template a session object was created from.
   void KeepTemplate(uint64_t handle, const v1::AttributeList& tmpl);
   void UnmapObject(uint64_t handle);
+  // True when the instance holds max_objects_per_instance handles.
+  bool ObjectLimitReached() const;
 
   // Where to run a call on an object: a member holding it (routed for token
   // objects) and the object's handle there. `invalid_rv` if no healthy

@@ -781,7 +781,8 @@ class Loader {
             ReadMap(root, "",
                     {"listen", "tls", "state_dir", "lease_seconds",
                      "max_sessions_per_instance", "max_pin_failures", "metrics_listen",
-                     "audit_log", "groups", "clients"},
+                     "audit_log", "max_template_attributes", "max_attribute_bytes",
+                     "max_objects_per_instance", "max_concurrent_calls", "groups", "clients"},
                     &top);
         !s.ok()) {
       return s;
@@ -803,6 +804,22 @@ class Loader {
                                    &config->audit_log);
         !s.ok()) {
       return s;
+    }
+    struct TopLimit {
+      const char* key;
+      uint64_t min, max;
+      uint32_t* field;
+    };
+    for (const TopLimit& l :
+         {TopLimit{"max_template_attributes", 1, 100000, &config->max_template_attributes},
+          TopLimit{"max_attribute_bytes", 16, 64u << 20, &config->max_attribute_bytes},
+          TopLimit{"max_objects_per_instance", 1, 100000000, &config->max_objects_per_instance},
+          TopLimit{"max_concurrent_calls", 4, 100000, &config->max_concurrent_calls}}) {
+      uint64_t v = *l.field;
+      if (absl::Status s = GetUint(top, l.key, Need::kOptional, l.min, l.max, &v); !s.ok()) {
+        return s;
+      }
+      *l.field = static_cast<uint32_t>(v);
     }
     uint64_t failures = config->max_pin_failures;
     if (absl::Status s =

@@ -87,6 +87,13 @@ struct AgentConfig {
   std::string audit_log;
   uint32_t lease_seconds = 30;  // instance lease, renewed by heartbeats
   uint32_t max_sessions_per_instance = 4096;
+  // Hostile-input limits (DESIGN §6): attributes in one template, bytes in
+  // one attribute value, objects an instance may create, calls the agent
+  // runs at once (more wait in gRPC's queue, then answer CKR_DEVICE_MEMORY).
+  uint32_t max_template_attributes = 256;
+  uint32_t max_attribute_bytes = 1 << 20;
+  uint32_t max_objects_per_instance = 100000;
+  uint32_t max_concurrent_calls = 256;
   // Wrong PINs in a row that lock an identity out of a group
   // (CKR_PIN_LOCKED; persistent; `hsmuxctl unlock` lifts it).
   uint32_t max_pin_failures = 5;

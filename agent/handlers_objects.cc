@@ -43,6 +43,10 @@ void AddWireBool(v1::AttributeList& list, CK_ATTRIBUTE_TYPE type, bool value) {
 // Refuses, before anything is written, templates the session may not use.
 CK_RV CheckNewObjectTemplate(CallContext& ctx, const ClientSession& session,
                              const v1::AttributeList& tmpl) {
+  if (ctx.ObjectLimitReached()) {
+    LogWarning(absl::StrCat("instance ", ctx.instance().id, ": max_objects_per_instance reached"));
+    return CKR_DEVICE_MEMORY;
+  }
   if (WireBool(tmpl, CKA_TOKEN).value_or(false) && !session.rw) return CKR_SESSION_READ_ONLY;
   if (WireBool(tmpl, CKA_PRIVATE).value_or(false) && !ctx.LoggedIn(session.slot_id)) {
     return CKR_USER_NOT_LOGGED_IN;

@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   const std::string state_dir = config->state_dir;
   const std::string audit_log = config->audit_log;
   const std::string metrics_listen = config->metrics_listen;
+  const uint32_t max_concurrent_calls = config->max_concurrent_calls;
   // One agent serves a state directory at a time (until a shared state
   // store exists): a standby started on the same directory waits here and
   // takes over when the active agent is gone (DESIGN §5).
@@ -122,6 +123,11 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl));
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
+  // At most this many calls run at once; more wait, then get
+  // RESOURCE_EXHAUSTED (the module answers CKR_DEVICE_MEMORY).
+  grpc::ResourceQuota quota("hsmuxd");
+  quota.SetMaxThreads(static_cast<int>(max_concurrent_calls) + 8);
+  builder.SetResourceQuota(quota);
   builder.SetMaxSendMessageSize(16 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {

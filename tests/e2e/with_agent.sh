@@ -18,6 +18,7 @@
 #   HSMUX_LEASE_SECONDS    shorten the instance lease
 #   HSMUX_WITH_TESTWRAP=1  members through tests/testwrap (counters, faults)
 #   HSMUX_GROUP_EXTRA      YAML lines added to the group (e.g. "pool_max_sessions: 4")
+#   HSMUX_TOP_EXTRA        YAML lines added at the top level (e.g. "max_sessions_per_instance: 5")
 set -euo pipefail
 [ "$#" -ge 4 ] && [ "$3" = "--" ] || { echo "usage: $0 BUILD_DIR WORK_DIR -- COMMAND..." >&2; exit 2; }
 BUILD="$(cd "$1" && pwd)"
@@ -40,6 +41,9 @@ if [ "${HSMUX_WITH_TESTWRAP:-0}" = 1 ]; then
   export HSMUX_SOFTHSM_LIB="$BUILD/tests/testwrap/libhsmux-testwrap.so"
 fi
 HSMUX_BUILD_DIR="$BUILD" bash "$REPO/scripts/make-demo-config.sh" "$WORK" "$PORT" >/dev/null
+if [ -n "${HSMUX_TOP_EXTRA:-}" ]; then
+  printf '%s\n' "${HSMUX_TOP_EXTRA//;/$'\n'}" >>"$WORK/hsmuxd.yaml"
+fi
 if [ -n "${HSMUX_GROUP_EXTRA:-}" ]; then
   python3 - "$WORK/hsmuxd.yaml" "$HSMUX_GROUP_EXTRA" <<'PY'
 import sys
