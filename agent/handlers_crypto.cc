@@ -285,13 +285,52 @@ bool RequiresParameter(CK_MECHANISM_TYPE m) {
   }
 }
 
+// A member Init (and the replay of what a moved operation had processed),
+// owned by a shared state a worker may outlive the handler with.
+struct InitCall {
+  v1::Mechanism mechanism;
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  bool keyed = false;
+  CK_SESSION_HANDLE session;
+  size_t kind;
+  std::string replay;
+
+  CK_RV Run(CK_FUNCTION_LIST* fn) {
+    InitCall& c = *this;
+    auto nm = wire::NativeMechanism::Decode(c.mechanism);
+    if (!nm.ok()) return wire::GetCkRv(nm.status());
+    static constexpr F kInitOf[kOpKinds] = {F::kEncryptInit, F::kDecryptInit, F::kDigestInit,
+                                            F::kSignInit,    F::kVerifyInit,  F::kSignRecoverInit,
+                                            F::kVerifyRecoverInit};
+    CK_RV r = c.keyed ? (fn->*InitFnOf(kInitOf[c.kind]))(c.session, nm->get(), c.key)
+                      : fn->C_DigestInit(c.session, nm->get());
+    if (r != CKR_OK || c.replay.empty()) return r;
+    // Replay what the operation processed on the member that failed; its
+    // output went to the caller already and is discarded here.
+    CK_BYTE_PTR in = reinterpret_cast<CK_BYTE_PTR>(c.replay.data());
+    const CK_ULONG n = c.replay.size();
+    std::string sink(n + 256, '\0');
+    CK_ULONG sink_len = sink.size();
+    CK_BYTE_PTR out = reinterpret_cast<CK_BYTE_PTR>(sink.data());
+    switch (static_cast<OpKind>(c.kind)) {
+      case OpKind::kEncrypt: return fn->C_EncryptUpdate(c.session, in, n, out, &sink_len);
+      case OpKind::kDecrypt: return fn->C_DecryptUpdate(c.session, in, n, out, &sink_len);
+      case OpKind::kDigest: return fn->C_DigestUpdate(c.session, in, n);
+      case OpKind::kSign: return fn->C_SignUpdate(c.session, in, n);
+      case OpKind::kVerify: return fn->C_VerifyUpdate(c.session, in, n);
+      default: return CKR_FUNCTION_FAILED;
+    }
+  }
+};
+
 // Runs the member Init of every operation still pending on this session, on
 // one member session (leased now if the session holds none), and replays
 // the input a moved operation had already processed. A device-class rv is
 // returned with `*tried` set to the member, so the caller can move on; any
 // other error ends the operations.
 CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t>& excluded,
-                  int* tried = nullptr, const std::optional<ObjectRef>& also = std::nullopt) {
+                  int* tried = nullptr, const std::optional<ObjectRef>& also = std::nullopt,
+                  std::vector<std::shared_ptr<InitCall>>* deferred = nullptr) {
   Group& group = *s.group;
   std::vector<size_t> todo;
   for (size_t k = 0; k < kOpKinds; ++k) {
@@ -328,7 +367,7 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
         if (s.inits[k].has_value()) s.inits[k]->key = *again;
         moved = true;
       }
-      if (moved) return Materialize(ctx, s, f, excluded, tried, also);
+      if (moved) return Materialize(ctx, s, f, excluded, tried, also, deferred);
       return CKR_DEVICE_ERROR;
     }
     if (tried != nullptr) *tried = static_cast<int>(*member);
@@ -344,14 +383,6 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
   const absl::Duration timeout = absl::Milliseconds(group.config().call_timeout_ms);
   for (size_t k : todo) {
     const PendingOp& op = *s.pending[k];
-    struct InitCall {
-      v1::Mechanism mechanism;
-      CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-      bool keyed = false;
-      CK_SESSION_HANDLE session;
-      size_t kind;
-      std::string replay;
-    };
     auto call = std::make_shared<InitCall>();
     call->mechanism = op.mechanism;
     call->session = s.op_session;
@@ -366,31 +397,14 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
         return CKR_KEY_HANDLE_INVALID;
       }
     }
-    CK_RV rv = m->Invoke<InitCall>(timeout, call, [](CK_FUNCTION_LIST* fn, InitCall& c) -> CK_RV {
-      auto nm = wire::NativeMechanism::Decode(c.mechanism);
-      if (!nm.ok()) return wire::GetCkRv(nm.status());
-      static constexpr F kInitOf[kOpKinds] = {F::kEncryptInit, F::kDecryptInit, F::kDigestInit,
-                                              F::kSignInit,    F::kVerifyInit,  F::kSignRecoverInit,
-                                              F::kVerifyRecoverInit};
-      CK_RV r = c.keyed ? (fn->*InitFnOf(kInitOf[c.kind]))(c.session, nm->get(), c.key)
-                        : fn->C_DigestInit(c.session, nm->get());
-      if (r != CKR_OK || c.replay.empty()) return r;
-      // Replay what the operation processed on the member that failed; its
-      // output went to the caller already and is discarded here.
-      CK_BYTE_PTR in = reinterpret_cast<CK_BYTE_PTR>(c.replay.data());
-      const CK_ULONG n = c.replay.size();
-      std::string sink(n + 256, '\0');
-      CK_ULONG sink_len = sink.size();
-      CK_BYTE_PTR out = reinterpret_cast<CK_BYTE_PTR>(sink.data());
-      switch (static_cast<OpKind>(c.kind)) {
-        case OpKind::kEncrypt: return fn->C_EncryptUpdate(c.session, in, n, out, &sink_len);
-        case OpKind::kDecrypt: return fn->C_DecryptUpdate(c.session, in, n, out, &sink_len);
-        case OpKind::kDigest: return fn->C_DigestUpdate(c.session, in, n);
-        case OpKind::kSign: return fn->C_SignUpdate(c.session, in, n);
-        case OpKind::kVerify: return fn->C_VerifyUpdate(c.session, in, n);
-        default: return CKR_FUNCTION_FAILED;
-      }
-    });
+    if (deferred != nullptr) {
+      // Runs in front of the data call, in the same worker hand-off.
+      deferred->push_back(call);
+      s.pending[k].reset();
+      continue;
+    }
+    CK_RV rv = m->Invoke<InitCall>(timeout, call,
+                                   [](CK_FUNCTION_LIST* fn, InitCall& c) { return c.Run(fn); });
     if (rv != CKR_OK) {
       if (IsDeviceFailure(rv)) return rv;
       // The member refused what the agent's checks let through: the error
@@ -421,12 +435,22 @@ bool Replayable(OpKind kind, const v1::Mechanism& mech) {
 struct DataCall {
   F f;
   Shape shape;
+  // Member Inits deferred from C_*Init, run first in the same hand-off.
+  std::vector<std::shared_ptr<InitCall>> inits;
+  bool init_failed = false;
   CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
   std::string in, in2;
   std::unique_ptr<OutputBuffer> out;
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
 
   CK_RV Run(CK_FUNCTION_LIST* fn) {
+    for (auto& init : inits) {
+      CK_RV r = init->Run(fn);
+      if (r != CKR_OK) {
+        init_failed = true;
+        return r;
+      }
+    }
     std::string a = in, b = in2;  // members may write into input buffers
     switch (shape) {
       case Shape::kInOut:
@@ -646,7 +670,9 @@ CK_RV OperationCall(CallContext& ctx) {
         return CKR_KEY_HANDLE_INVALID;
       }
     }
-    rv = Materialize(ctx, s, f, excluded, &member, digest_key);
+    call->inits.clear();
+    call->init_failed = false;
+    rv = Materialize(ctx, s, f, excluded, &member, digest_key, &call->inits);
     if (rv == CKR_OK) {
       Member* m = s.group->member(s.op_member);
       if (digest_key.has_value()) {
@@ -662,6 +688,15 @@ CK_RV OperationCall(CallContext& ctx) {
                                [](CK_FUNCTION_LIST* fn, DataCall& c) { return c.Run(fn); });
       if (rv == CKR_GENERAL_ERROR && !s.group->Probe(static_cast<size_t>(s.op_member))) {
         rv = CKR_DEVICE_ERROR;  // the member is sick, not the input
+      }
+      if (call->init_failed && !IsDeviceFailure(rv)) {
+        // The member refused at Init what the agent's checks let through:
+        // the error surfaces on this call, and the operation ends.
+        LogInfo(absl::StrCat("member ", m->name(), ": deferred Init for ",
+                             wire::FunctionName(static_cast<uint32_t>(f)), " refused: ",
+                             wire::CkRvName(rv)));
+        EndAll(s, /*dirty=*/true);
+        return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
       }
     }
     if (!IsDeviceFailure(rv) || member < 0) break;
