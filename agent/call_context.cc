@@ -1,6 +1,10 @@
 #include "call_context.h"
 
+#include <fnmatch.h>
+
+#include "absl/strings/numbers.h"
 #include "agent.h"
+#include "wire/mechanism_codec.h"
 #include "log.h"
 #include "absl/strings/str_cat.h"
 #include "wire/attribute_codec.h"
@@ -112,6 +116,52 @@ absl::StatusOr<Group*> CallContext::SlotGroup(uint64_t slot) const {
   return group;
 }
 
+const GroupAccess* CallContext::Access(uint64_t slot) const {
+  for (const GroupAccess& g : instance_->client->groups) {
+    if (g.slot_id == slot) return &g;
+  }
+  return nullptr;
+}
+
+bool CallContext::MechanismAllowed(uint64_t slot, CK_MECHANISM_TYPE type) const {
+  const GroupAccess* access = Access(slot);
+  if (access == nullptr || access->allowed_mechanisms.empty()) return access != nullptr;
+  const std::string name = wire::MechanismName(type);
+  for (const std::string& allowed : access->allowed_mechanisms) {
+    uint64_t number = 0;
+    if (allowed == name) return true;
+    if (absl::SimpleHexAtoi(allowed, &number) && number == type) return true;
+  }
+  return false;
+}
+
+bool CallContext::ObjectAllowed(uint64_t slot, CK_OBJECT_CLASS cls, const std::string& label,
+                                const std::string& cka_id) const {
+  if (cls != CKO_SECRET_KEY && cls != CKO_PRIVATE_KEY && cls != CKO_PUBLIC_KEY) return true;
+  const GroupAccess* access = Access(slot);
+  if (access == nullptr) return false;
+  if (access->allowed_keys.empty()) return true;
+  static const char* kHex = "0123456789abcdef";
+  std::string id_hex;
+  for (unsigned char c : cka_id) {
+    id_hex.push_back(kHex[c >> 4]);
+    id_hex.push_back(kHex[c & 15]);
+  }
+  for (const std::string& pattern : access->allowed_keys) {
+    if (pattern.rfind("id:", 0) == 0) {
+      if (fnmatch(pattern.c_str() + 3, id_hex.c_str(), 0) == 0) return true;
+    } else if (fnmatch(pattern.c_str(), label.c_str(), 0) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+CK_RV CallContext::CheckMechanism(const ClientSession& session, CK_MECHANISM_TYPE type) const {
+  if (!session.group->mechanisms().count(type)) return CKR_MECHANISM_INVALID;
+  return MechanismAllowed(session.slot_id, type) ? CKR_OK : CKR_MECHANISM_INVALID;
+}
+
 bool CallContext::LoggedIn(uint64_t slot) const {
   absl::MutexLock lock(&instance_->mu);
   return instance_->logged_in_slots.count(slot) > 0;
@@ -129,6 +179,10 @@ absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint
   if (ref.logical_id != 0) {
     auto obj = session.group->registry().Get(ref.logical_id);
     if (obj == nullptr) return wire::CkError(invalid_rv, "object destroyed");
+    if (!ObjectAllowed(session.slot_id, obj->snapshot.object_class, obj->snapshot.label,
+                       obj->snapshot.cka_id)) {
+      return wire::CkError(invalid_rv, "object outside the identity's allow-list");
+    }
     ref.is_private = obj->snapshot.is_private ? 1 : 0;
   } else if (!session.group->member(ref.member)->healthy.load()) {
     // A session object whose member failed: made again elsewhere from its

@@ -66,6 +66,17 @@ class CallContext {
   absl::StatusOr<Group*> SlotGroup(uint64_t slot) const;
   bool LoggedIn(uint64_t slot) const;
 
+  // Per-identity allow-lists (DESIGN §2): what is not allowed is absent.
+  const GroupAccess* Access(uint64_t slot) const;
+  bool MechanismAllowed(uint64_t slot, CK_MECHANISM_TYPE type) const;
+  // Keys (secret, private, public) whose label or ID matches the identity's
+  // patterns; other objects always.
+  bool ObjectAllowed(uint64_t slot, CK_OBJECT_CLASS cls, const std::string& label,
+                     const std::string& cka_id) const;
+  // The group has the mechanism and this identity may use it, else
+  // CKR_MECHANISM_INVALID.
+  CK_RV CheckMechanism(const ClientSession& session, CK_MECHANISM_TYPE type) const;
+
   // An object handle of this instance. `invalid_rv` is the code for a handle
   // the instance does not have (CKR_OBJECT_HANDLE_INVALID,
   // CKR_KEY_HANDLE_INVALID, CKR_WRAPPING_KEY_HANDLE_INVALID, ...). Private

@@ -741,7 +741,9 @@ class Loader {
       const std::string access_path = absl::StrCat(path, ".groups[", i, "]");
       Map access_map;
       if (absl::Status s =
-              ReadMap(*it, access_path, {"slot_id", "pin_hash"}, &access_map);
+              ReadMap(*it, access_path,
+                      {"slot_id", "pin_hash", "allowed_keys", "allowed_mechanisms"},
+                      &access_map);
           !s.ok()) {
         return s;
       }
@@ -770,6 +772,20 @@ class Loader {
         return Error(
             access_map.Find("pin_hash")->ValueMark(), access_path + ".pin_hash",
             absl::StrCat(s.message(), " (make one with: hsmuxctl hash-pin)"));
+      }
+      for (const auto& [key, out] :
+           {std::make_pair("allowed_keys", &access.allowed_keys),
+            std::make_pair("allowed_mechanisms", &access.allowed_mechanisms)}) {
+        const Entry* e = access_map.Find(key);
+        if (e == nullptr) continue;
+        const YAML::Node* list = nullptr;
+        if (absl::Status s = GetSequence(access_map, key, &list); !s.ok()) return s;
+        for (const auto& item : *list) {
+          if (!item.IsScalar() || item.Scalar().empty()) {
+            return Error(item.Mark(), access_path + "." + key, "entries must be non-empty strings");
+          }
+          out->push_back(item.Scalar());
+        }
       }
     }
     return absl::OkStatus();

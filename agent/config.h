@@ -33,6 +33,12 @@ struct GroupAccess {
   uint64_t slot_id = 0;  // the group's slot
   // Salted slow hash of the client's PIN for this group (see pin_hash.h).
   std::string pin_hash;
+  // Optional allow-lists (DESIGN §2): keys whose CKA_LABEL matches one of
+  // these shell patterns (or "id:<hex pattern>" for CKA_ID), and mechanisms
+  // by name ("CKM_ECDSA") or number ("0x1041"). Empty: everything. What is
+  // not allowed is absent for this client.
+  std::vector<std::string> allowed_keys;
+  std::vector<std::string> allowed_mechanisms;
 };
 
 struct ClientConfig {

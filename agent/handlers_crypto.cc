@@ -511,6 +511,7 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   auto mi = s.group->mechanisms().find(mech->type());
   if (mi == s.group->mechanisms().end()) return CKR_MECHANISM_INVALID;
+  if (!ctx.MechanismAllowed(s.slot_id, mech->type())) return CKR_MECHANISM_INVALID;
   if (!(mi->second.flags & MechanismFlagFor(spec.kind))) return CKR_MECHANISM_INVALID;
   // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
   ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));

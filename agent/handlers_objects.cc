@@ -42,7 +42,7 @@ void AddWireBool(v1::AttributeList& list, CK_ATTRIBUTE_TYPE type, bool value) {
 
 // Refuses, before anything is written, templates the session may not use.
 CK_RV CheckNewObjectTemplate(CallContext& ctx, const ClientSession& session,
-                             const v1::AttributeList& tmpl) {
+                             const v1::AttributeList& tmpl, CK_OBJECT_CLASS implied_class = 0) {
   if (ctx.ObjectLimitReached()) {
     LogWarning(absl::StrCat("instance ", ctx.instance().id, ": max_objects_per_instance reached"));
     return CKR_DEVICE_MEMORY;
@@ -50,6 +50,19 @@ CK_RV CheckNewObjectTemplate(CallContext& ctx, const ClientSession& session,
   if (WireBool(tmpl, CKA_TOKEN).value_or(false) && !session.rw) return CKR_SESSION_READ_ONLY;
   if (WireBool(tmpl, CKA_PRIVATE).value_or(false) && !ctx.LoggedIn(session.slot_id)) {
     return CKR_USER_NOT_LOGGED_IN;
+  }
+  // An identity with a key allow-list makes keys inside it only.
+  std::optional<uint64_t> cls = WireUlong(tmpl, CKA_CLASS);
+  if (!cls.has_value() && implied_class != 0) cls = implied_class;
+  std::string label, id;
+  for (const auto& a : tmpl.attributes()) {
+    if (a.type() == CKA_LABEL) label = a.bytes();
+    if (a.type() == CKA_ID) id = a.bytes();
+  }
+  if (cls.has_value() && !ctx.ObjectAllowed(session.slot_id, *cls, label, id)) {
+    LogWarning(absl::StrCat("instance ", ctx.instance().id,
+                            ": key outside the identity's allow-list refused"));
+    return CKR_TEMPLATE_INCONSISTENT;
   }
   return CKR_OK;
 }
@@ -194,9 +207,7 @@ bool IsKeyClass(std::optional<uint64_t> cls) {
   return cls.has_value() && (*cls == CKO_SECRET_KEY || *cls == CKO_PRIVATE_KEY);
 }
 
-CK_RV CheckMechanism(const Group& group, uint64_t type) {
-  return group.mechanisms().count(type) ? CKR_OK : CKR_MECHANISM_INVALID;
-}
+
 
 CK_RV KeyRv(CK_RV rv, CK_RV key_rv) { return rv == CKR_OBJECT_HANDLE_INVALID ? key_rv : rv; }
 
@@ -541,7 +552,8 @@ CK_RV SearchMember(Group& group, size_t member, const v1::AttributeList& tmpl,
 // template names something the registry does not keep — from a member's
 // search, keeping only objects the registry knows (never the replication
 // key or an object being written).
-CK_RV FindTokenObjects(Group& group, const v1::AttributeList& tmpl, bool logged_in,
+CK_RV FindTokenObjects(CallContext& ctx, uint64_t slot, Group& group,
+                       const v1::AttributeList& tmpl, bool logged_in,
                        std::vector<uint64_t>* ids) {
   auto matched = group.registry().Match(tmpl);
   if (!matched.has_value()) {
@@ -563,6 +575,10 @@ CK_RV FindTokenObjects(Group& group, const v1::AttributeList& tmpl, bool logged_
     auto obj = group.registry().Get(id);
     if (obj == nullptr) continue;
     if (!logged_in && obj->snapshot.is_private) continue;
+    if (!ctx.ObjectAllowed(slot, obj->snapshot.object_class, obj->snapshot.label,
+                           obj->snapshot.cka_id)) {
+      continue;  // absent for this identity
+    }
     ids->push_back(id);
   }
   return CKR_OK;
@@ -591,7 +607,10 @@ CK_RV FindObjectsInit(CallContext& ctx) {
   const auto token = WireBool(tmpl, CKA_TOKEN);
   if (!none && (!token.has_value() || *token)) {
     std::vector<uint64_t> ids;
-    if (CK_RV rv = FindTokenObjects(group, tmpl, logged_in, &ids); rv != CKR_OK) return rv;
+    if (CK_RV rv = FindTokenObjects(ctx, session->slot_id, group, tmpl, logged_in, &ids);
+        rv != CKR_OK) {
+      return rv;
+    }
     for (uint64_t id : ids) results.push_back(ctx.MapLogical(id));
   }
   if (!none && (!token.has_value() || !*token)) {
@@ -650,8 +669,10 @@ CK_RV GenerateKey(CallContext& ctx) {
   ASSIGN_OR_RV(const v1::Mechanism* mech, ctx.Mechanism(1));
   ASSIGN_OR_RV(const v1::AttributeList* tmpl, ctx.Attributes(2));
   Group& group = *session->group;
-  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
-  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
+  if (CK_RV rv = ctx.CheckMechanism(*session, mech->type()); rv != CKR_OK) return rv;
+  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl, CKO_SECRET_KEY); rv != CKR_OK) {
+    return rv;
+  }
   ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));
   ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(*tmpl));
   (void)check_mech;
@@ -687,9 +708,14 @@ CK_RV GenerateKeyPair(CallContext& ctx) {
   ASSIGN_OR_RV(const v1::AttributeList* pub_tmpl, ctx.Attributes(2));
   ASSIGN_OR_RV(const v1::AttributeList* priv_tmpl, ctx.Attributes(3));
   Group& group = *session->group;
-  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
-  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *pub_tmpl); rv != CKR_OK) return rv;
-  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *priv_tmpl); rv != CKR_OK) return rv;
+  if (CK_RV rv = ctx.CheckMechanism(*session, mech->type()); rv != CKR_OK) return rv;
+  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *pub_tmpl, CKO_PUBLIC_KEY); rv != CKR_OK) {
+    return rv;
+  }
+  if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *priv_tmpl, CKO_PRIVATE_KEY);
+      rv != CKR_OK) {
+    return rv;
+  }
   ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));
   (void)check_mech;
   const bool pub_token = WireBool(*pub_tmpl, CKA_TOKEN).value_or(false);
@@ -734,7 +760,7 @@ CK_RV WrapKey(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t key, ctx.Ulong(3));
   ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(4));
   Group& group = *session->group;
-  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
+  if (CK_RV rv = ctx.CheckMechanism(*session, mech->type()); rv != CKR_OK) return rv;
   ASSIGN_OR_RV(ObjectRef wref, ctx.Object(*session, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID));
   ASSIGN_OR_RV(ObjectRef kref, ctx.Object(*session, key, CKR_KEY_HANDLE_INVALID));
   ASSIGN_OR_RV(wire::NativeMechanism nm, wire::NativeMechanism::Decode(*mech));
@@ -770,7 +796,7 @@ CK_RV NewKeyFromKey(CallContext& ctx, const v1::Mechanism* mech, uint64_t base, 
                     const v1::AttributeList* tmpl, KeyFromKeyCall call) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   Group& group = *session->group;
-  if (CK_RV rv = CheckMechanism(group, mech->type()); rv != CKR_OK) return rv;
+  if (CK_RV rv = ctx.CheckMechanism(*session, mech->type()); rv != CKR_OK) return rv;
   ASSIGN_OR_RV(ObjectRef bref, ctx.Object(*session, base, invalid_rv));
   if (CK_RV rv = CheckNewObjectTemplate(ctx, *session, *tmpl); rv != CKR_OK) return rv;
   ASSIGN_OR_RV(wire::NativeMechanism check_mech, wire::NativeMechanism::Decode(*mech));

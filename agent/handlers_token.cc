@@ -77,7 +77,9 @@ CK_RV GetMechanismList(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t slot, ctx.Ulong(0));
   ASSIGN_OR_RV(Group * group, ctx.SlotGroup(slot));
   auto* list = ctx.AddResult()->mutable_ulongs();
-  for (CK_MECHANISM_TYPE type : group->mechanism_order()) list->add_values(type);
+  for (CK_MECHANISM_TYPE type : group->mechanism_order()) {
+    if (ctx.MechanismAllowed(slot, type)) list->add_values(type);
+  }
   return CKR_OK;
 }
 
@@ -86,7 +88,9 @@ CK_RV GetMechanismInfo(CallContext& ctx) {
   ASSIGN_OR_RV(uint64_t type, ctx.Ulong(1));
   ASSIGN_OR_RV(Group * group, ctx.SlotGroup(slot));
   auto it = group->mechanisms().find(type);
-  if (it == group->mechanisms().end()) return CKR_MECHANISM_INVALID;
+  if (it == group->mechanisms().end() || !ctx.MechanismAllowed(slot, type)) {
+    return CKR_MECHANISM_INVALID;
+  }
   auto* info = ctx.AddResult()->mutable_mechanism_info();
   info->set_min_key_size(it->second.ulMinKeySize);
   info->set_max_key_size(it->second.ulMaxKeySize);
