@@ -21,6 +21,9 @@
 #include "audit.h"
 #include "metrics.h"
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include "agent.h"
 #include "config.h"
 #include "log.h"
@@ -101,6 +104,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   ssl.pem_key_cert_pairs.push_back(pair);
+  // The files are read above only to fail early and clearly; the listener
+  // watches them and takes new certificates, keys and CAs within
+  // kTlsReloadSeconds, without a restart (DESIGN §6). TLS 1.2 or later,
+  // gRPC's default modern ciphers; a client certificate from the CA is
+  // required.
+  constexpr unsigned int kTlsReloadSeconds = 10;
+  auto certificates = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key_file, tls.cert_file, tls.ca_file, kTlsReloadSeconds);
+  grpc::experimental::TlsServerCredentialsOptions tls_options(certificates);
+  tls_options.watch_root_certs();
+  tls_options.watch_identity_key_cert_pairs();
+  tls_options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
 
   const std::string audit_path =
       audit_log.empty() ? state_dir + "/audit.log" : audit_log;
@@ -120,7 +135,7 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   CryptokiService service(**agent);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl));
+  builder.AddListeningPort(listen, grpc::experimental::TlsServerCredentials(tls_options));
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
   // At most this many calls run at once; more wait, then get
