@@ -52,10 +52,16 @@ AgentClient::AgentClient(ModuleConfig config, std::string ca, std::string cert, 
 
 v1::Cryptoki::Stub* AgentClient::StubLocked() {
   if (stub_ == nullptr) {
+    // Each new channel reads the TLS files again, so renewed certificates
+    // are taken without restarting the host (kept contents if unreadable).
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ca_pem_;
-    ssl.pem_cert_chain = cert_pem_;
-    ssl.pem_private_key = key_pem_;
+    auto ca = ReadFile(config_.ca_file);
+    auto cert = ReadFile(config_.cert_file);
+    auto key = ReadFile(config_.key_file);
+    const bool fresh = ca.ok() && cert.ok() && key.ok();
+    ssl.pem_root_certs = fresh ? *ca : ca_pem_;
+    ssl.pem_cert_chain = fresh ? *cert : cert_pem_;
+    ssl.pem_private_key = fresh ? *key : key_pem_;
     grpc::ChannelArguments args;
     if (!config_.server_name.empty()) {
       args.SetSslTargetNameOverride(config_.server_name);
