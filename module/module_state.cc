@@ -1,7 +1,10 @@
 #include "module_state.h"
 
+#include <dlfcn.h>
 #include <grpc/fork.h>
 #include <grpc/grpc.h>
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -31,6 +34,22 @@ std::atomic<ModuleState*>& StatePointer() {
 void InstallForkHandlers() {
   static std::once_flag once;
   std::call_once(once, [] {
+#ifdef HSMUX_STATIC_MODULE
+    // The module's private OpenSSL must not read the host's OPENSSL_CONF (it
+    // would load engines built for the system libcrypto). Run-once, so only in
+    // the static build: in the shared build it would switch off the host's.
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
+    OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
+    // The host's own libcrypto (if one is in its global scope; Java has none)
+    // loads its config now, as it did through the shared-gRPC build, instead
+    // of lazily inside the host's first operation: OpenSSL 3.0 doing that in
+    // the middle of EVP_PKEY_fromdata makes pkcs11-tool 0.23 fail to export
+    // EC public keys ("cannot create EVP_PKEY"). Only the timing changes.
+    using OpensslInit = int (*)(uint64_t, const void*);
+    if (auto host_init = reinterpret_cast<OpensslInit>(dlsym(RTLD_DEFAULT, "OPENSSL_init_crypto"))) {
+      host_init(OPENSSL_INIT_LOAD_CONFIG, nullptr);
+    }
+#endif
     gpr_global_config_set_grpc_enable_fork_support(true);
     pthread_atfork(grpc_prefork, grpc_postfork_parent, grpc_postfork_child);
     pthread_atfork(nullptr, nullptr, &ModuleState::ResetInChild);
