@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
@@ -15,6 +16,7 @@
 #include <map>
 #include <new>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -239,12 +241,51 @@ class Loader {
     return absl::InvalidArgumentError(msg);
   }
 
+  // Sees only where documents start (yaml-cpp's public event interface).
+  class DocumentStarts : public YAML::EventHandler {
+   public:
+    std::vector<YAML::Mark> starts;
+    void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                    YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+  };
+
+  absl::Status CheckDocumentCount(const std::string& text) {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentStarts handler;
+    while (handler.starts.size() < 2 && parser.HandleNextDocument(handler)) {
+    }
+    if (handler.starts.size() < 2) return absl::OkStatus();
+    const YAML::Mark& first = handler.starts[0];
+    const YAML::Mark& second = handler.starts[1];
+    if (second.pos == first.pos) {
+      return Error(first, "", "not valid YAML (the parser cannot get past this point)");
+    }
+    return Error(second, "", "more than one YAML document; expected exactly one");
+  }
+
   absl::Status Load(AgentConfig* config) {
     std::string text;
     if (absl::Status s = ReadSmallFile(file_, kMaxConfigBytes, &text);
         !s.ok()) {
       return absl::Status(s.code(), s.message());
     }
+    // yaml-cpp 0.7's LoadAll never returns on some malformed input (a file
+    // holding just ","): its parser hands out empty documents without
+    // consuming anything, and LoadAll collects them until memory runs out
+    // (found by fuzz/fuzz_agent_config). So count the documents first, in a
+    // bounded loop; with at most one, LoadAll's identical parse ends too.
+    if (absl::Status s = CheckDocumentCount(text); !s.ok()) return s;
     // LoadAll, so that a stray "---" does not silently drop the rest.
     std::vector<YAML::Node> docs = YAML::LoadAll(text);
     if (docs.empty() || docs[0].IsNull()) {
