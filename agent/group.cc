@@ -138,6 +138,13 @@ CK_RV Group::RunOnMember(
       if (used != nullptr) *used = i;
       return rv;
     }
+    if (rv == kMemberTimedOut) {
+      // The worker still runs with `call`'s state: a second attempt would
+      // share it. Report the member and answer; the next call goes elsewhere.
+      Suspect(i, rv, what);
+      m->failovers.fetch_add(1);
+      return CKR_DEVICE_ERROR;
+    }
     // Probed now, so that a caller whose object lives only there (a session
     // object) sees the member out and can make the object again elsewhere.
     LogWarning(absl::StrCat("member ", m->name(), ": ", what, " answered ",

@@ -611,6 +611,7 @@ CK_RV OperationCall(CallContext& ctx) {
   auto call = std::make_shared<DataCall>();
   call->f = f;
   call->shape = spec->shape;
+  std::optional<v1::OutputCapacity> capacity;  // to give every attempt its own buffer
   std::optional<ObjectRef> digest_key;
   switch (spec->shape) {
     case Shape::kInOut: {
@@ -618,6 +619,7 @@ CK_RV OperationCall(CallContext& ctx) {
       ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(2));
       call->in = *in;
       call->out = std::make_unique<OutputBuffer>(*cap);
+      capacity = *cap;
       break;
     }
     case Shape::kIn: {
@@ -628,6 +630,7 @@ CK_RV OperationCall(CallContext& ctx) {
     case Shape::kOut: {
       ASSIGN_OR_RV(const v1::OutputCapacity* cap, ctx.Capacity(1));
       call->out = std::make_unique<OutputBuffer>(*cap);
+      capacity = *cap;
       break;
     }
     case Shape::kInIn: {
@@ -660,6 +663,17 @@ CK_RV OperationCall(CallContext& ctx) {
   CK_RV rv = CKR_DEVICE_ERROR;
   const size_t attempts = s.group->member_count();
   for (size_t attempt = 0; attempt < attempts; ++attempt) {
+    if (attempt > 0) {
+      // A worker of the attempt before may still be inside the member (it
+      // overran its deadline) and owns that DataCall: never touch it again.
+      auto fresh = std::make_shared<DataCall>();
+      fresh->f = call->f;
+      fresh->shape = call->shape;
+      fresh->in = call->in;
+      fresh->in2 = call->in2;
+      if (capacity.has_value()) fresh->out = std::make_unique<OutputBuffer>(*capacity);
+      call = std::move(fresh);
+    }
     int member = s.op_member;
     if (digest_key.has_value() && s.op_member >= 0 &&
         ctx.HandleOn(*s.group, *digest_key, static_cast<size_t>(s.op_member)) ==

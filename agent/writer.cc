@@ -492,13 +492,22 @@ CK_RV Writer::Destroy(uint64_t logical_id) {
   }
   if (first == obj->handles.size()) return CKR_DEVICE_ERROR;
   const uint64_t seq = Journal("destroy", logical_id, payload, "pending");
-  const CK_OBJECT_HANDLE h0 = obj->handles[first];
-  CK_RV rv = OnMember(first, false, [h0](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
-    return fn->C_DestroyObject(holder, h0);
-  });
+  // The first replica that answers decides for the caller; a member in
+  // trouble is skipped (reported, and left to catch-up via the tombstone).
+  CK_RV rv = CKR_DEVICE_ERROR;
+  for (; first < obj->handles.size(); ++first) {
+    if (!obj->OnMember(first) || !group_.member(first)->healthy.load()) continue;
+    const CK_OBJECT_HANDLE h0 = obj->handles[first];
+    rv = OnMember(first, false, [h0](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+      return fn->C_DestroyObject(holder, h0);
+    });
+    if (!IsDeviceFailure(rv)) break;
+    group_.member(first)->failovers.fetch_add(1);
+    LogWarning(absl::StrCat("C_DestroyObject moves off member ", group_.member(first)->name()));
+  }
   if (rv != CKR_OK) {
     JournalState(seq, "rolled_back");
-    return rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv;
+    return IsDeviceFailure(rv) ? CKR_DEVICE_ERROR : rv;
   }
   for (size_t i = first + 1; i < obj->handles.size(); ++i) {
     if (!obj->OnMember(i)) continue;
