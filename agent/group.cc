@@ -153,6 +153,7 @@ CK_RV Group::RunOnMember(
     Probe(i);
     excluded.insert(i);
     m->failovers.fetch_add(1);
+    LogWarning(absl::StrCat(what, " moves off member ", m->name()));
   }
   return CKR_DEVICE_ERROR;
 }
