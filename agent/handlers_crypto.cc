@@ -332,17 +332,17 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
                   int* tried = nullptr, const std::optional<ObjectRef>& also = std::nullopt,
                   std::vector<std::shared_ptr<InitCall>>* deferred = nullptr) {
   Group& group = *s.group;
-  std::vector<size_t> todo;
+  std::vector<size_t> to_init;
   for (size_t k = 0; k < kOpKinds; ++k) {
-    if (s.active[k] && s.pending[k].has_value()) todo.push_back(k);
+    if (s.active[k] && s.pending[k].has_value()) to_init.push_back(k);
   }
-  if (todo.empty()) return CKR_OK;
+  if (to_init.empty()) return CKR_OK;
   if (s.op_member < 0) {
     // A healthy member holding every key the pending operations name.
     auto member = group.RouteWhere([&](size_t i) {
       if (excluded.count(i)) return false;
       if (also.has_value() && ctx.HandleOn(group, *also, i) == CK_INVALID_HANDLE) return false;
-      for (size_t k : todo) {
+      for (size_t k : to_init) {
         const auto& key = s.pending[k]->key;
         if (key.has_value() && ctx.HandleOn(group, *key, i) == CK_INVALID_HANDLE) return false;
       }
@@ -350,7 +350,7 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
     });
     if (!member.has_value()) {
       bool moved = false;
-      for (size_t k : todo) {
+      for (size_t k : to_init) {
         auto& key = s.pending[k]->key;
         if (!key.has_value() || key->logical_id != 0 ||
             group.member(key->member)->healthy.load()) {
@@ -381,7 +381,7 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
   Member* m = group.member(s.op_member);
   InFlight inflight(m);
   const absl::Duration timeout = absl::Milliseconds(group.config().call_timeout_ms);
-  for (size_t k : todo) {
+  for (size_t k : to_init) {
     const PendingOp& op = *s.pending[k];
     auto call = std::make_shared<InitCall>();
     call->mechanism = op.mechanism;
