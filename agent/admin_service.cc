@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "log.h"
+#include "recent_errors.h"
 
 namespace hsmux::agent {
 
@@ -39,6 +40,15 @@ grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*
   auto [instances, sessions] = agent_.Counts();
   resp->set_instances(instances);
   resp->set_sessions(sessions);
+  for (const RecentError& e : RecentErrors()) {
+    v1::RecentError* out = resp->add_recent_errors();
+    out->set_time_unix_ms(absl::ToUnixMillis(e.when));
+    out->set_kind(e.kind);
+    out->set_group(e.group);
+    out->set_member(e.member);
+    out->set_message(e.message);
+    out->set_count(e.count);
+  }
   return grpc::Status::OK;
 }
 

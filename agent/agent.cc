@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "dispatch.h"
 #include "log.h"
+#include "recent_errors.h"
 #include "wire/errors.h"
 #include "wire/function_table.h"
 
@@ -209,6 +210,11 @@ void Agent::Call(const std::shared_ptr<Instance>& instance, const v1::CallReques
   if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) response.clear_results();
   response.set_ck_rv(rv);
   if (count_call_) count_call_(ClientKey(*instance->client), rv);
+  if (rv == CKR_DEVICE_ERROR) {
+    RecordError("call", "", "",
+                absl::StrCat(wire::FunctionName(request.function()),
+                             " answered CKR_DEVICE_ERROR to ", ClientKey(*instance->client)));
+  }
 }
 
 bool Agent::AnyMemberHealthy() {

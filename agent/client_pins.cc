@@ -6,6 +6,7 @@
 #include "audit.h"
 #include "log.h"
 #include "pin_hash.h"
+#include "recent_errors.h"
 #include "wire/errors.h"
 
 namespace hsmux::agent {
@@ -21,6 +22,8 @@ CK_RV ClientPins::CheckLocked(const ClientConfig& client, const GroupAccess& acc
   if (lock->locked) {
     LogWarning(absl::StrCat("audit: login refused, PIN locked: ", who, " slot ", access.slot_id));
     Audit("login_refused_locked", who, {{"slot", std::to_string(access.slot_id)}});
+    RecordError("lockout", "", "",
+                absl::StrCat("login refused: ", who, " is locked on slot ", access.slot_id));
     return CKR_PIN_LOCKED;
   }
   if (pin.size() < kMinLen || pin.size() > kMaxLen) return CKR_PIN_LEN_RANGE;
@@ -52,6 +55,11 @@ CK_RV ClientPins::CheckLocked(const ClientConfig& client, const GroupAccess& acc
   LogWarning(absl::StrCat("audit: wrong PIN for ", who, " on slot ", access.slot_id, " (",
                           next.failures, " of ", max_, ")",
                           next.locked ? ": identity locked" : ""));
+  if (next.locked) {
+    RecordError("lockout", "", "",
+                absl::StrCat(who, " locked on slot ", access.slot_id, " after ", next.failures,
+                             " wrong PINs"));
+  }
   return next.locked ? CKR_PIN_LOCKED : CKR_PIN_INCORRECT;
 }
 

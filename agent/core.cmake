@@ -16,6 +16,7 @@ add_library(hsmux_agent_core STATIC
   member.cc
   metrics.cc
   object_reader.cc
+  recent_errors.cc
   registry.cc
   service.cc
   writer.cc)

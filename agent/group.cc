@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "audit.h"
 #include "log.h"
+#include "recent_errors.h"
 #include "wire/errors.h"
 #include "wire/mechanism_codec.h"
 
@@ -27,6 +28,8 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
       // it answers (after catching it up).
       member->set_down_reason(std::string(connected.message()));
       LogWarning(absl::StrCat("member ", mc.name, " is down at start: ", connected.message()));
+      RecordError("member_out", config.label, mc.name,
+                  absl::StrCat("down at start: ", connected.message()));
       group->members_.push_back(std::move(member));
       continue;
     }
@@ -150,6 +153,8 @@ CK_RV Group::RunOnMember(
     LogWarning(absl::StrCat("member ", m->name(), ": ", what, " answered ",
                             rv == kMemberTimedOut ? std::string("nothing in time")
                                                   : wire::CkRvName(rv)));
+    RecordError("member_call", config_.label, m->name(),
+                absl::StrCat(what, " answered ", wire::CkRvName(rv), "; moved off the member"));
     Probe(i);
     excluded.insert(i);
     m->failovers.fetch_add(1);
@@ -159,10 +164,12 @@ CK_RV Group::RunOnMember(
 }
 
 void Group::Suspect(size_t member, CK_RV rv, const std::string& what) {
-  LogWarning(absl::StrCat("member ", members_[member]->name(), ": ", what, " answered ",
-                          rv == kMemberTimedOut ? std::string("nothing in time")
-                                                : wire::CkRvName(rv),
+  const std::string answer =
+      rv == kMemberTimedOut ? std::string("nothing in time") : wire::CkRvName(rv);
+  LogWarning(absl::StrCat("member ", members_[member]->name(), ": ", what, " answered ", answer,
                           "; probing it"));
+  RecordError("member_call", config_.label, members_[member]->name(),
+              absl::StrCat(what, " answered ", answer, "; probing it"));
   absl::MutexLock lock(&monitor_mu_);
   suspects_.insert(member);
 }
@@ -208,6 +215,8 @@ void Group::MarkDown(size_t i, const std::string& why) {
   m->set_down_reason(why);
   m->Disconnect();
   LogError(absl::StrCat("group ", config_.label, ": member ", m->name(), " taken out: ", why));
+  // An operator's drain is no error.
+  if (!m->drained.load()) RecordError("member_out", config_.label, m->name(), "taken out: " + why);
 }
 
 void Group::Recover(size_t i) {
@@ -228,6 +237,7 @@ void Group::Recover(size_t i) {
         const std::string why = absl::StrCat("lacks ", wire::MechanismName(type));
         m->set_down_reason(why);
         LogError(absl::StrCat("member ", m->name(), " not readmitted: ", why));
+        RecordError("member_readmit", config_.label, m->name(), "not readmitted: " + why);
         m->Disconnect();
         return;
       }
@@ -237,6 +247,9 @@ void Group::Recover(size_t i) {
   if (!st.ok()) {
     m->set_down_reason(absl::StrCat("catch-up: ", st.message()));
     LogError(absl::StrCat("member ", m->name(), " not readmitted: ", st.message()));
+    // Not st.message(): it may name the object being caught up.
+    RecordError("member_readmit", config_.label, m->name(),
+                "not readmitted: catch-up failed with " + wire::CkRvName(wire::GetCkRv(st)));
     m->Disconnect();
     return;
   }

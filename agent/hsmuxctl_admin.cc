@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <ctime>
 #include <iostream>
 #include <string>
 
@@ -63,6 +64,35 @@ std::unique_ptr<v1::Admin::Stub> Connect(AdminOptions& o) {
   return v1::Admin::NewStub(channel);
 }
 
+// "2026-01-31T12:00:00Z" (UTC).
+std::string UtcTime(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm_utc{};
+  gmtime_r(&t, &tm_utc);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm_utc);
+  return buf;
+}
+
+// One line per recent error, oldest first:
+//   "  2026-01-31T12:00:00Z member_out hsmux-demo/a: taken out: ... (3 times)"
+void PrintRecentErrors(const v1::StatusResponse& resp) {
+  if (resp.recent_errors().empty()) {
+    std::cout << "recent errors: none\n";
+    return;
+  }
+  std::cout << "recent errors (oldest first):\n";
+  for (const auto& e : resp.recent_errors()) {
+    std::cout << "  " << UtcTime(e.time_unix_ms()) << " " << e.kind();
+    if (!e.group().empty() || !e.member().empty()) {
+      std::cout << " " << e.group() << (e.member().empty() ? "" : "/") << e.member();
+    }
+    std::cout << ": " << e.message();
+    if (e.count() > 1) std::cout << " (" << e.count() << " times)";
+    std::cout << "\n";
+  }
+}
+
 void Deadline(grpc::ClientContext* ctx, int seconds) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
 }
@@ -96,6 +126,7 @@ int Status(AdminOptions& o) {
     }
     for (const auto& n : g.notes()) std::cout << "  note: " << n << "\n";
   }
+  PrintRecentErrors(resp);
   return 0;
 }
 

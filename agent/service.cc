@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "log.h"
+#include "recent_errors.h"
 #include "wire/errors.h"
 #include "wire/function_table.h"
 
@@ -26,6 +27,9 @@ grpc::Status CryptokiService::Identify(grpc::ServerContext* ctx, const ClientCon
   if (*client == nullptr) {
     LogWarning(absl::StrCat("refused client ", *identity, " from ", ctx->peer(),
                             ": not in the clients list"));
+    RecordError(
+        "refused_client", "", "",
+        absl::StrCat("client ", *identity, " from ", ctx->peer(), ": not in the clients list"));
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "unknown client identity");
   }
   return grpc::Status::OK;

@@ -3,10 +3,15 @@
 // destroyed are gone) and readmitted by itself; `hsmuxctl drain` keeps every
 // call off a member and `hsmuxctl readmit` brings it back caught up. Members
 // are checked directly through SoftHSM and through the testwrap stats.
+// `hsmuxctl status` lists a member's failure and the calls it failed under
+// "recent errors", without key labels or PINs.
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <ctime>
+#include <sstream>
 #include <thread>
+#include <vector>
 
 #include "group_util.h"
 
@@ -183,6 +188,72 @@ TEST_F(HaRecovery, DrainAndReadmitByHand) {
     if (!grew) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(grew) << ReadStats("member-b").raw;
+}
+
+// The recent-error lines of `hsmuxctl status` stamped at or after `since`
+// ("2026-01-31T12:00:00Z": the same format sorts as text).
+std::vector<std::string> RecentErrorLines(const std::string& status, const std::string& since) {
+  std::vector<std::string> lines;
+  std::istringstream in(status);
+  bool in_errors = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("recent errors", 0) == 0) {
+      in_errors = true;
+      continue;
+    }
+    if (!in_errors || line.rfind("  ", 0) != 0) continue;
+    if (line.substr(2, since.size()) >= since) lines.push_back(line.substr(2));
+  }
+  return lines;
+}
+
+std::string UtcNow() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm_utc{};
+  gmtime_r(&t, &tm_utc);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm_utc);
+  return buf;
+}
+
+bool AnyContains(const std::vector<std::string>& lines, const std::string& a,
+                 const std::string& b = "") {
+  for (const std::string& l : lines) {
+    if (l.find(a) != std::string::npos && l.find(b) != std::string::npos) return true;
+  }
+  return false;
+}
+
+TEST_F(HaRecovery, StatusListsRecentErrors) {
+  const std::string since = UtcNow();
+  const std::string label = Unique("errors-ec");
+  Pair ec;
+  ASSERT_EQ(GenEc(p_, s_, label, ToBytes(label), true, &ec), CKR_OK);
+  const Bytes point = EcPointOctets(Attr(p_, s_, ec.pub, CKA_EC_POINT));
+
+  // A member fails under calls: it is taken out, the calls move on.
+  ASSERT_TRUE(TestwrapCtl("member-b", {"power=off"}));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(SignOnce(ec.priv, point, "b off"), CKR_OK) << i;
+  ASSERT_TRUE(WaitState("b", "OUT", 10000));
+  std::string out;
+  ASSERT_EQ(Hsmuxctl("status", &out), 0) << out;
+  std::vector<std::string> lines = RecentErrorLines(out, since);
+  EXPECT_TRUE(AnyContains(lines, " member_out hsmux-demo/b: taken out: ")) << out;
+
+  // No member left: the client's call answers CKR_DEVICE_ERROR, and says so.
+  ASSERT_TRUE(TestwrapCtl("member-a", {"power=off"}));
+  ASSERT_TRUE(TestwrapCtl("member-c", {"power=off"}));
+  EXPECT_EQ(SignOnce(ec.priv, point, "all off"), CKR_DEVICE_ERROR);
+  ASSERT_EQ(Hsmuxctl("status", &out), 0) << out;
+  lines = RecentErrorLines(out, since);
+  EXPECT_TRUE(AnyContains(lines, " call: C_Sign", " answered CKR_DEVICE_ERROR to cn:client-1"))
+      << out;
+  EXPECT_TRUE(AnyContains(lines, " member_out hsmux-demo/a: taken out: ")) << out;
+  // Bounded, and nothing secret: no key label, no PIN.
+  EXPECT_LE(lines.size(), 20u) << out;
+  EXPECT_EQ(out.find(label), std::string::npos) << out;
+  EXPECT_EQ(out.find(ClientPin()), std::string::npos);
+  EXPECT_EQ(out.find(FirstLine(Env("HSMUX_TEST_DIR") + "/secrets/member-pin")), std::string::npos);
 }
 
 }  // namespace

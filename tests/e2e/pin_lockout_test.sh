@@ -2,7 +2,8 @@
 # Client PIN rules through pkcs11-tool (run under with_agent.sh): wrong PINs
 # are counted and shown in the token flags, max_pin_failures (5) lock the
 # identity (CKR_PIN_LOCKED, also for the right PIN, also after an agent
-# restart), `hsmuxctl unlock` lifts it, and C_SetPIN changes the PIN.
+# restart), `hsmuxctl unlock` lifts it, and C_SetPIN changes the PIN. The
+# lockout is listed under "recent errors" by `hsmuxctl status` (no PIN there).
 set -euo pipefail
 BUILD="$1"
 M="$HSMUX_MODULE"
@@ -28,6 +29,9 @@ p -T | grep -q 'final user PIN try' || fail "token flags do not show the final t
 expect "$(rv_of 00000000)" CKR_PIN_LOCKED "fifth wrong PIN locks"
 expect "$(rv_of 55555555)" CKR_PIN_LOCKED "right PIN while locked"
 p -T | grep -q 'user PIN locked' || fail "token flags do not show the lock"
+status="$("$BUILD/agent/hsmuxctl" status --config "$CFG")" || fail "hsmuxctl status"
+echo "$status" | grep -q ' lockout: cn:client-1 locked on slot 1 after 5 wrong PINs' \
+  || fail "hsmuxctl status does not list the lockout: $status"
 
 # The lock survives a restart of the agent.
 kill "$HSMUX_AGENT_PID"; wait "$HSMUX_AGENT_PID" 2>/dev/null || true
@@ -36,6 +40,10 @@ AGENT=$!
 trap 'kill $AGENT 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do grep -q '^hsmuxd: serving on' "$HSMUX_TEST_DIR/restart.log" && break; sleep 0.1; done
 expect "$(rv_of 55555555)" CKR_PIN_LOCKED "lock after restart"
+status="$("$BUILD/agent/hsmuxctl" status --config "$CFG")" || fail "hsmuxctl status after restart"
+echo "$status" | grep -q ' lockout: login refused: cn:client-1 is locked on slot 1' \
+  || fail "hsmuxctl status does not list the refused login: $status"
+case "$status" in *"$PIN"*|*55555555*|*00000000*) fail "a PIN appears in hsmuxctl status" ;; esac
 
 "$BUILD/agent/hsmuxctl" unlock --identity client-1 --slot 1 --config "$CFG" | grep -q unlocked \
   || fail "hsmuxctl unlock"
