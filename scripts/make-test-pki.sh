@@ -10,6 +10,8 @@
 #   client-2.pem client-2.key      CN=client-2, clientAuth (a second identity)
 #   rogue-ca.pem rogue-ca.key      an unrelated CA, trusted by nobody
 #   rogue-client.pem rogue-client.key  CN=client-1 issued by the rogue CA (must be rejected)
+#   expired-client.pem expired-client.key  CN=client-1 from the test CA, valid from two days
+#                                  ago until yesterday (expired: must be rejected)
 # Private keys are mode 600. Existing files in DIR/pki are replaced.
 set -euo pipefail
 
@@ -86,6 +88,44 @@ make_leaf client-2 client-2 clientAuth ca
 make_ca rogue-ca "hsmux rogue CA"
 make_leaf rogue-client client-1 clientAuth rogue-ca
 
+# make_expired NAME CN: a client certificate from the test CA whose validity
+# ended yesterday. `openssl x509 -req` (OpenSSL 3.0) cannot put a notAfter in
+# the past after a notBefore; `openssl ca` takes both dates.
+make_expired() {
+  local name="$1" cn="$2"
+  newkey "$PKI/$name.key"
+  openssl req -new -sha256 -key "$PKI/$name.key" -subj "/O=hsmux test/CN=$cn" \
+    -out "$TMP/$name.csr"
+  mkdir -p "$TMP/ca-db"
+  : >"$TMP/ca-db/index.txt"
+  cat >"$TMP/$name.cnf" <<CNF
+[ca]
+default_ca = test_ca
+[test_ca]
+database = $TMP/ca-db/index.txt
+new_certs_dir = $TMP/ca-db
+default_md = sha256
+policy = any_name
+unique_subject = no
+rand_serial = yes
+copy_extensions = none
+[any_name]
+O = optional
+CN = supplied
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyAgreement
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+CNF
+  openssl ca -batch -notext -config "$TMP/$name.cnf" -extensions leaf \
+    -cert "$PKI/ca.pem" -keyfile "$PKI/ca.key" -in "$TMP/$name.csr" -out "$PKI/$name.pem" \
+    -startdate "$(date -u -d '-2 days' +%Y%m%d%H%M%SZ)" \
+    -enddate "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" >/dev/null 2>&1
+}
+make_expired expired-client client-1
+
 # Certificates are public; keys stay 600.
 chmod 644 "$PKI"/*.pem
 chmod 755 "$PKI"
@@ -98,4 +138,12 @@ if openssl verify -CAfile "$PKI/ca.pem" "$PKI/rogue-client.pem" >/dev/null 2>&1;
   echo "make-test-pki: rogue client unexpectedly chains to the test CA" >&2
   exit 1
 fi
+# The expired client chains to the test CA and fails for its dates only.
+openssl verify -x509_strict -purpose sslclient -no_check_time -CAfile "$PKI/ca.pem" \
+  "$PKI/expired-client.pem" >/dev/null
+expired_check="$(openssl verify -CAfile "$PKI/ca.pem" "$PKI/expired-client.pem" 2>&1 || true)"
+case "$expired_check" in
+  *'certificate has expired'*) ;;
+  *) echo "make-test-pki: expired-client.pem is not seen as expired" >&2; exit 1 ;;
+esac
 echo "make-test-pki: wrote $PKI" >&2

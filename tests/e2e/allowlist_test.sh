@@ -46,6 +46,14 @@ echo "$mechs" | grep -q 'RSA' && fail "client-2 sees RSA mechanisms"
 echo hello >"$W/msg"; openssl dgst -sha256 -binary "$W/msg" >"$W/msg.sha"
 c2 --login --pin "$PIN2" --sign -m ECDSA --label app-ec -i "$W/msg.sha" -o "$W/sig" >/dev/null \
   || fail "client-2 cannot sign with app-ec"
+# client-1's key outside client-2's list cannot be used by client-2, named by
+# its ID (pkcs11-tool picks the signing key by --id, not by --label); client-1
+# still can.
+if c2 --login --pin "$PIN2" --sign -m ECDSA --id 32 -i "$W/msg.sha" -o "$W/sig2" >/dev/null; then
+  fail "client-2 signed with other-ec (by ID)"
+fi
+c1 --login --pin "$PIN" --sign -m ECDSA --id 32 -i "$W/msg.sha" -o "$W/sig1" >/dev/null \
+  || fail "client-1 cannot sign with other-ec"
 out="$(c2 --login --pin "$PIN2" --keypairgen --key-type EC:prime256v1 --id 33 --label bad-ec || true)"
 echo "$out" | grep -q CKR_TEMPLATE_INCONSISTENT || fail "client-2 made a key outside its allow-list"
 # RSA key generation is not in client-2's list: pkcs11-tool finds no such

@@ -2,9 +2,15 @@
 // with a Cryptoki error and a log line, never a crash or a partial write.
 // Runs with HSMUX_TOP_EXTRA="max_sessions_per_instance: 5;
 // max_template_attributes: 64; max_attribute_bytes: 4096;
-// max_objects_per_instance: 20".
+// max_objects_per_instance: 20". A client flooding sessions hits its own
+// limit while other clients (other processes, another identity) keep working.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -12,6 +18,37 @@
 
 namespace hsmux::testing {
 namespace {
+
+// Replaces every `from` in `s` with `to`.
+std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+  return s;
+}
+
+// A module config for client-2 (module.yaml with client-2's certificate).
+std::string Client2Config() {
+  std::ifstream in(Env("HSMUX_CONFIG"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ReplaceAll(ss.str(), "/client.pem", "/client-2.pem");
+  text = ReplaceAll(text, "/client.key", "/client-2.key");
+  text = ReplaceAll(text, "/module.log", "/module-2.log");
+  const std::string path = Env("HSMUX_TEST_DIR") + "/module-limits-2.yaml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+// Another process using the module (a new instance): pkcs11-tool opens a
+// session, logs in and asks for random bytes. Its exit status.
+int OtherProcess(const std::string& config, const std::string& pin) {
+  const std::string cmd = "HSMUX_CONFIG='" + config + "' pkcs11-tool --module '" +
+                          Env("HSMUX_MODULE") + "' --login --pin '" + pin +
+                          "' --generate-random 16 >/dev/null 2>&1";
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
 
 class Limits : public ::testing::Test {
  protected:
@@ -68,6 +105,22 @@ TEST_F(Limits, SessionsPerInstance) {
   }
   EXPECT_EQ(rv, CKR_SESSION_COUNT);
   EXPECT_EQ(opened.size(), 4u);  // 5 with the fixture's session
+  // The flood is this instance's alone: its sessions still work, and other
+  // processes, as client-1 and as client-2, are served meanwhile.
+  CK_BYTE buf[16];
+  EXPECT_EQ(fl_->C_GenerateRandom(s_, buf, sizeof(buf)), CKR_OK);
+  for (CK_SESSION_HANDLE h : opened) EXPECT_EQ(fl_->C_GenerateRandom(h, buf, sizeof(buf)), CKR_OK);
+  EXPECT_EQ(OtherProcess(Env("HSMUX_CONFIG"), ClientPin()), 0) << "client-1, another process";
+  EXPECT_EQ(
+      OtherProcess(Client2Config(), ReadFirstLine(Env("HSMUX_TEST_DIR") + "/secrets/client-2-pin")),
+      0)
+      << "client-2";
+  // Still at the limit; closing one makes room again.
+  CK_SESSION_HANDLE h;
+  EXPECT_EQ(fl_->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h), CKR_SESSION_COUNT);
+  ASSERT_FALSE(opened.empty());
+  EXPECT_EQ(fl_->C_CloseSession(opened.back()), CKR_OK);
+  EXPECT_EQ(fl_->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h), CKR_OK);
 }
 
 TEST_F(Limits, ObjectsPerInstance) {

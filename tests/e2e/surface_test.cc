@@ -10,10 +10,13 @@
 //  - CK_C_INITIALIZE_ARGS and C_Finalize argument rules;
 //  - fork(): the child starts uninitialised and cannot use the parent's
 //    session; the parent keeps working;
-//  - isolation: client-2 cannot use client-1's handles;
-//  - mTLS: a client certificate from another CA, and no client certificate
-//    (a raw gRPC client, e2e_surface_raw_client), are refused before anything
-//    is served;
+//  - isolation: client-2 cannot use client-1's sessions, object handles or
+//    keys (session and token keys), nor find client-1's session objects;
+//  - mTLS: a client certificate from another CA, an expired client
+//    certificate from our CA, and no client certificate (a raw gRPC client,
+//    e2e_surface_raw_client), are refused before anything is served; a
+//    module whose tls.server_name the agent's certificate does not carry
+//    refuses the agent;
 //  - no agent: the configured slot is still reported, calls fail fast with
 //    CKR_DEVICE_ERROR.
 //
@@ -142,15 +145,16 @@ std::string Pin(const std::string& file) {
 }
 
 // Writes a module config like the demo's module.yaml with another
-// certificate, port or timeout.
+// certificate, port, timeout or expected server name.
 std::string WriteModuleConfig(const std::string& name, int port, const std::string& cert,
-                              const std::string& key, int call_ms, int connect_ms) {
+                              const std::string& key, int call_ms, int connect_ms,
+                              const std::string& server_name = "localhost") {
   const std::string dir = Env("HSMUX_TEST_DIR");
   const std::string path = dir + "/" + name + ".yaml";
   std::ofstream out(path);
   out << "agents: [\"localhost:" << port << "\"]\n"
       << "tls: {ca: \"" << dir << "/pki/ca.pem\", cert: \"" << dir << "/pki/" << cert
-      << "\", key: \"" << dir << "/pki/" << key << "\", server_name: localhost}\n"
+      << "\", key: \"" << dir << "/pki/" << key << "\", server_name: " << server_name << "}\n"
       << "slots: [1]\n"
       << "timeouts: {call_ms: " << call_ms << ", connect_ms: " << connect_ms << "}\n"
       << "heartbeat_seconds: 10\n"
@@ -719,6 +723,24 @@ TEST(Surface, SecondIdentityCannotUseFirstIdentitysHandles) {
                         {CKA_LABEL, label, sizeof(label) - 1}};
   CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
   ASSERT_EQ(CkRvName(Fl()->C_CreateObject(parent, tpl, std::size(tpl), &obj)), CkRvName(CKR_OK));
+  // And two AES keys of client-1: a session key and a token key (both
+  // identities may use every token key: what client-2 must not use is
+  // client-1's handle for it).
+  CK_BBOOL yes = CK_TRUE;
+  CK_ULONG len = 16;
+  char key_label[] = "surface-isolation-key";
+  CK_MECHANISM keygen = {CKM_AES_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE session_key = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE token_key = CK_INVALID_HANDLE;
+  for (CK_BBOOL token : {CK_BBOOL{CK_FALSE}, CK_BBOOL{CK_TRUE}}) {
+    CK_ATTRIBUTE key_tpl[] = {{CKA_TOKEN, &token, sizeof(token)},
+                              {CKA_VALUE_LEN, &len, sizeof(len)},
+                              {CKA_ENCRYPT, &yes, sizeof(yes)},
+                              {CKA_LABEL, key_label, sizeof(key_label) - 1}};
+    ASSERT_EQ(CkRvName(Fl()->C_GenerateKey(parent, &keygen, key_tpl, std::size(key_tpl),
+                                           token ? &token_key : &session_key)),
+              CkRvName(CKR_OK));
+  }
 
   const std::string config = WriteModuleConfig("module-client-2", AgentPort(), "client-2.pem",
                                                "client-2.key", 10000, 3000);
@@ -748,6 +770,30 @@ TEST(Surface, SecondIdentityCannotUseFirstIdentitysHandles) {
     CK_ATTRIBUTE q = {CKA_LABEL, buf, sizeof(buf)};
     CHILD_EXPECT_RV(CKR_OBJECT_HANDLE_INVALID, Fl()->C_GetAttributeValue(mine, obj, &q, 1));
     CHILD_EXPECT_RV(CKR_OBJECT_HANDLE_INVALID, Fl()->C_DestroyObject(mine, obj));
+    // Nor client-1's key handles: not to encrypt, not to read, not to destroy
+    // (before client-2 searches anything, so that no handle of its own
+    // exists yet).
+    CK_MECHANISM ecb = {CKM_AES_ECB, nullptr, 0};
+    for (CK_OBJECT_HANDLE key : {session_key, token_key}) {
+      CHILD_EXPECT_RV(CKR_KEY_HANDLE_INVALID, Fl()->C_EncryptInit(mine, &ecb, key));
+      CHILD_EXPECT_RV(CKR_OBJECT_HANDLE_INVALID, Fl()->C_GetAttributeValue(mine, key, &q, 1));
+      CHILD_EXPECT_RV(CKR_OBJECT_HANDLE_INVALID, Fl()->C_DestroyObject(mine, key));
+    }
+    // client-1's session objects are not there for client-2 to find; the
+    // token key is, under a handle of client-2's own.
+    CK_ATTRIBUTE by_label[] = {{CKA_LABEL, key_label, sizeof(key_label) - 1}};
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjectsInit(mine, by_label, 1));
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG nfound = 0;
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjects(mine, found, 4, &nfound));
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjectsFinal(mine));
+    CHILD_CHECK(nfound == 1);
+    CHILD_CHECK(found[0] != session_key);
+    CK_ATTRIBUTE by_data_label[] = {{CKA_LABEL, label, sizeof(label) - 1}};
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjectsInit(mine, by_data_label, 1));
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjects(mine, found, 4, &nfound));
+    CHILD_EXPECT_RV(CKR_OK, Fl()->C_FindObjectsFinal(mine));
+    CHILD_CHECK(nfound == 0);
     CHILD_EXPECT_RV(CKR_OK, Fl()->C_Finalize(nullptr));
     return "";
   });
@@ -758,6 +804,16 @@ TEST(Surface, SecondIdentityCannotUseFirstIdentitysHandles) {
   CK_ATTRIBUTE q = {CKA_LABEL, buf, sizeof(buf)};
   ASSERT_EQ(CkRvName(Fl()->C_GetAttributeValue(parent, obj, &q, 1)), CkRvName(CKR_OK));
   EXPECT_EQ(std::string(buf, q.ulValueLen), label);
+  CK_MECHANISM ecb = {CKM_AES_ECB, nullptr, 0};
+  for (CK_OBJECT_HANDLE key : {session_key, token_key}) {
+    CK_BYTE block[16] = {0};
+    CK_BYTE out[16];
+    CK_ULONG out_len = sizeof(out);
+    EXPECT_EQ(CkRvName(Fl()->C_EncryptInit(parent, &ecb, key)), CkRvName(CKR_OK));
+    EXPECT_EQ(CkRvName(Fl()->C_Encrypt(parent, block, sizeof(block), out, &out_len)),
+              CkRvName(CKR_OK));
+  }
+  EXPECT_EQ(CkRvName(Fl()->C_DestroyObject(parent, token_key)), CkRvName(CKR_OK));
 }
 
 // ---- mTLS refusal
@@ -787,6 +843,90 @@ TEST(Surface, RogueClientCertificateIsRefused) {
   ASSERT_GT(child, 0);
   EXPECT_FALSE(AgentServedPid(static_cast<uint64_t>(child)))
       << "the agent registered an instance for the rogue client (pid " << child << ")";
+  EXPECT_TRUE(ParentWorksAgain(s.handle()));
+}
+
+// A client certificate from our CA whose validity ended yesterday
+// (pki/expired-client.pem, made by scripts/make-test-pki.sh at test time):
+// the agent refuses the handshake; nothing is served.
+TEST(Surface, ExpiredClientCertificateIsRefused) {
+  Session s;
+  ASSERT_TRUE(s.ok());
+  const std::string config = WriteModuleConfig("module-expired", AgentPort(), "expired-client.pem",
+                                               "expired-client.key", 5000, 3000);
+  pid_t child = 0;
+  const std::string failure = InChild(
+      60,
+      [&]() -> std::string {
+        setenv("HSMUX_CONFIG", config.c_str(), 1);
+        CHILD_EXPECT_RV(CKR_OK, Fl()->C_Initialize(nullptr));
+        if (auto f = CheckSlotListHasSlot1(); !f.empty()) return f;
+        CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+        CHILD_EXPECT_RV(CKR_DEVICE_ERROR,
+                        Fl()->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h));
+        CHILD_EXPECT_RV(CKR_DEVICE_ERROR, Random(h));
+        CHILD_EXPECT_RV(CKR_OK, Fl()->C_Finalize(nullptr));
+        return "";
+      },
+      &child);
+  EXPECT_EQ(failure, "");
+  ASSERT_GT(child, 0);
+  EXPECT_FALSE(AgentServedPid(static_cast<uint64_t>(child)))
+      << "the agent registered an instance for an expired certificate (pid " << child << ")";
+  EXPECT_TRUE(ParentWorksAgain(s.handle()));
+}
+
+// The module expects another server name than the agent's certificate
+// carries (DNS:localhost, IP:127.0.0.1): it refuses the agent, calls fail
+// with CKR_DEVICE_ERROR, and no instance is registered. The same config
+// with the right name works (the control).
+TEST(Surface, WrongServerNameIsRefused) {
+  Session s;
+  ASSERT_TRUE(s.ok());
+  const std::string wrong = WriteModuleConfig("module-wrong-name", AgentPort(), "client.pem",
+                                              "client.key", 5000, 3000, "not-the-agent.example");
+  const std::string right = WriteModuleConfig("module-right-name", AgentPort(), "client.pem",
+                                              "client.key", 5000, 3000, "localhost");
+  pid_t wrong_child = 0;
+  const std::string failure = InChild(
+      60,
+      [&]() -> std::string {
+        setenv("HSMUX_CONFIG", wrong.c_str(), 1);
+        CHILD_EXPECT_RV(CKR_OK, Fl()->C_Initialize(nullptr));
+        if (auto f = CheckSlotListHasSlot1(); !f.empty()) return f;
+        CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+        CHILD_EXPECT_RV(CKR_DEVICE_ERROR,
+                        Fl()->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h));
+        CK_TOKEN_INFO ti;
+        CHILD_EXPECT_RV(CKR_DEVICE_ERROR, Fl()->C_GetTokenInfo(kSlot, &ti));
+        CHILD_EXPECT_RV(CKR_OK, Fl()->C_Finalize(nullptr));
+        return "";
+      },
+      &wrong_child);
+  EXPECT_EQ(failure, "");
+  pid_t right_child = 0;
+  EXPECT_EQ(InChild(
+                60,
+                [&]() -> std::string {
+                  setenv("HSMUX_CONFIG", right.c_str(), 1);
+                  CHILD_EXPECT_RV(CKR_OK, Fl()->C_Initialize(nullptr));
+                  CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+                  CHILD_EXPECT_RV(
+                      CKR_OK, Fl()->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h));
+                  CHILD_EXPECT_RV(CKR_OK, Random(h));
+                  CHILD_EXPECT_RV(CKR_OK, Fl()->C_Finalize(nullptr));
+                  return "";
+                },
+                &right_child),
+            "");
+  ASSERT_GT(wrong_child, 0);
+  ASSERT_GT(right_child, 0);
+  for (int i = 0; i < 50 && !AgentServedPid(static_cast<uint64_t>(right_child)); ++i) {
+    usleep(100000);
+  }
+  EXPECT_TRUE(AgentServedPid(static_cast<uint64_t>(right_child))) << "control not served";
+  EXPECT_FALSE(AgentServedPid(static_cast<uint64_t>(wrong_child)))
+      << "an instance was registered through a wrong server name (pid " << wrong_child << ")";
   EXPECT_TRUE(ParentWorksAgain(s.handle()));
 }
 
