@@ -7,8 +7,10 @@
 #include "dispatch.h"
 #include "log.h"
 #include "recent_errors.h"
+#include "view_epoch.h"
 #include "wire/errors.h"
 #include "wire/function_table.h"
+#include "wire/operations.h"
 
 namespace hsmux::agent {
 
@@ -191,8 +193,11 @@ void Agent::CloseClientSession(Instance& instance, const std::shared_ptr<ClientS
       if (s->slot_id == session->slot_id) any_on_slot = true;
     }
     // Closing the last session of a slot logs the instance out of it.
-    if (!any_on_slot) instance.logged_in_slots.erase(session->slot_id);
+    if (!any_on_slot && instance.logged_in_slots.erase(session->slot_id) > 0) {
+      AdvanceViewEpoch();
+    }
   }
+  if (!owned.empty()) AdvanceViewEpoch();
   for (const ObjectRef& ref : owned) {
     Member* m = group->member(ref.member);
     absl::MutexLock hlock(&m->holder_mutex());
@@ -200,11 +205,71 @@ void Agent::CloseClientSession(Instance& instance, const std::shared_ptr<ClientS
   }
 }
 
+namespace {
+
+// Functions that can change what a C_*Init answers for some instance: the
+// epoch moves before (so an answer computed during the change is not kept
+// past it) and after them.
+bool ChangesView(wire::F f) {
+  using wire::F;
+  switch (f) {
+    case F::kCreateObject: case F::kCopyObject: case F::kDestroyObject:
+    case F::kSetAttributeValue: case F::kGenerateKey: case F::kGenerateKeyPair:
+    case F::kUnwrapKey: case F::kDeriveKey: case F::kLogin: case F::kLogout:
+    case F::kCloseAllSessions:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+CK_RV Agent::RunCarriedInits(const std::shared_ptr<Instance>& instance,
+                             const v1::CallRequest& request, v1::CallResponse& response) {
+  const int n = request.carried_inits_size();
+  if (n == 0) return CKR_OK;
+  // The module carries at most a dual function's two Inits, each for the
+  // session this call is on; anything else is a malformed request.
+  const bool session_call = request.args_size() > 0 && request.args(0).has_ulong();
+  for (int i = 0; i < n; ++i) {
+    const v1::CallRequest& init = request.carried_inits(i);
+    const auto role = wire::OperationOf(static_cast<wire::F>(init.function()));
+    if (n > 2 || !session_call || !role.has_value() || role->part != wire::Part::kInit ||
+        init.carried_inits_size() != 0 || init.args_size() == 0 || !init.args(0).has_ulong() ||
+        init.args(0).ulong() != request.args(0).ulong()) {
+      LogWarning(absl::StrCat("instance ", instance->id, ": ",
+                              wire::FunctionName(request.function()),
+                              " refused: malformed carried Init"));
+      return CKR_ARGUMENTS_BAD;
+    }
+    v1::CallResponse scratch;
+    CallContext ctx(*this, instance, init, scratch);
+    const CK_RV rv = Dispatch(ctx);
+    if (rv != CKR_OK) {
+      LogInfo(absl::StrCat("instance ", instance->id, ": carried ",
+                           wire::FunctionName(init.function()), " -> ", wire::CkRvName(rv),
+                           " (reported on ", wire::FunctionName(request.function()), ")"));
+      response.set_carried_done(static_cast<uint32_t>(i));
+      return rv;
+    }
+  }
+  response.set_carried_done(static_cast<uint32_t>(n));
+  return CKR_OK;
+}
+
 void Agent::Call(const std::shared_ptr<Instance>& instance, const v1::CallRequest& request,
                  v1::CallResponse& response) {
   response.set_call_id(request.call_id());
-  CallContext ctx(*this, instance, request, response);
-  CK_RV rv = Dispatch(ctx);
+  const bool changes_view = ChangesView(static_cast<wire::F>(request.function()));
+  if (changes_view) AdvanceViewEpoch();
+  CK_RV rv = RunCarriedInits(instance, request, response);
+  if (rv == CKR_OK) {
+    CallContext ctx(*this, instance, request, response);
+    rv = Dispatch(ctx);
+  }
+  if (changes_view) AdvanceViewEpoch();
+  response.set_epoch(ViewEpoch());
   // Results travel only with CKR_OK, and with CKR_BUFFER_TOO_SMALL (which
   // carries the needed length).
   if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) response.clear_results();

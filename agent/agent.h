@@ -71,6 +71,10 @@ class Agent {
 
  private:
   explicit Agent(AgentConfig config) : config_(std::move(config)) {}
+  // Runs the C_*Init calls the module carried with `request`; CKR_OK when
+  // all passed (response.carried_done says how many did).
+  CK_RV RunCarriedInits(const std::shared_ptr<Instance>& instance, const v1::CallRequest& request,
+                        v1::CallResponse& response);
   void DropInstance(const std::shared_ptr<Instance>& instance, const char* why);
 
   AgentConfig config_;

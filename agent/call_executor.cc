@@ -8,19 +8,25 @@
 namespace hsmux::agent {
 
 void CallExecutor::Post(std::function<void()> task) {
-  bool spawn = false;
   {
     absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(task));
-    if (static_cast<int>(queue_.size()) > idle_ && threads_ < kMaxThreads) {
-      ++threads_;
-      spawn = true;
+    if (!idle_.empty()) {
+      Slot *slot = idle_.back();
+      idle_.pop_back();
+      slot->task = std::move(task);
+      slot->wake.Signal();
+      return;
     }
+    if (threads_ >= kMaxThreads) {
+      queue_.push_back(std::move(task));
+      return;
+    }
+    ++threads_;
   }
-  if (spawn) {
-    // Workers live as long as the agent; they are never joined.
-    std::thread([this] { Worker(); }).detach();
-  }
+  // Workers live as long as the agent; they are never joined.
+  std::thread([this, first = std::move(task)]() mutable {
+    Worker(std::move(first));
+  }).detach();
 }
 
 bool CallExecutor::Run(absl::Duration timeout, std::function<void()> task) {
@@ -32,25 +38,29 @@ bool CallExecutor::Run(absl::Duration timeout, std::function<void()> task) {
   return done->WaitForNotificationWithTimeout(timeout);
 }
 
-void CallExecutor::Worker() {
+void CallExecutor::Worker(std::function<void()> first) {
+  Slot slot;
+  std::function<void()> task = std::move(first);
   while (true) {
-    std::function<void()> task;
-    {
-      absl::MutexLock lock(&mu_);
-      ++idle_;
-      mu_.Await(absl::Condition(
-          +[](std::deque<std::function<void()>>* q) { return !q->empty(); }, &queue_));
-      --idle_;
+    task();
+    task = nullptr;
+    absl::MutexLock lock(&mu_);
+    if (!queue_.empty()) {
       task = std::move(queue_.front());
       queue_.pop_front();
+      continue;
     }
-    task();
+    idle_.push_back(&slot);
+    while (!slot.task)
+      slot.wake.Wait(&mu_);
+    task = std::move(slot.task);
+    slot.task = nullptr;
   }
 }
 
 int CallExecutor::busy() {
   absl::MutexLock lock(&mu_);
-  return threads_ - idle_;
+  return threads_ - static_cast<int>(idle_.size());
 }
 
-}  // namespace hsmux::agent
+} // namespace hsmux::agent

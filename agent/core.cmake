@@ -6,6 +6,7 @@ add_library(hsmux_agent_core STATIC
   audit.cc
   call_context.cc
   call_executor.cc
+  view_epoch.cc
   client_pins.cc
   dispatch.cc
   group.cc

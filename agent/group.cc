@@ -8,6 +8,7 @@
 #include "audit.h"
 #include "log.h"
 #include "recent_errors.h"
+#include "view_epoch.h"
 #include "wire/errors.h"
 #include "wire/mechanism_codec.h"
 
@@ -210,6 +211,7 @@ bool Group::Probe(size_t i) {
 }
 
 void Group::MarkDown(size_t i, const std::string& why) {
+  AdvanceViewEpoch();  // session keys on it are gone (view_epoch.h)
   Member* m = members_[i].get();
   if (!m->healthy.exchange(false)) return;
   m->set_down_reason(why);

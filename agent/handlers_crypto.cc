@@ -21,9 +21,10 @@
 #include "agent.h"
 #include "dispatch.h"
 #include "log.h"
-#include "wire/function_table.h"
 #include "object_reader.h"
+#include "wire/function_table.h"
 #include "wire/mechanism_codec.h"
+#include "wire/operations.h"
 
 namespace hsmux::agent {
 namespace {
@@ -40,8 +41,9 @@ enum class Shape {
   kKey,         // (session, key): C_DigestKey
 };
 
-enum class Part { kInit, kSingle, kUpdate, kFinal };
+using wire::Part;
 
+// The operation role (wire/operations.h) and the argument shape.
 struct OpSpec {
   Shape shape;
   Part part;
@@ -54,44 +56,36 @@ using InFn = CK_C_SignUpdate CK_FUNCTION_LIST::*;
 using OutFn = CK_C_EncryptFinal CK_FUNCTION_LIST::*;
 using InitFn = CK_C_EncryptInit CK_FUNCTION_LIST::*;
 
-std::optional<OpSpec> SpecOf(F f) {
-  using K = OpKind;
+Shape ShapeOf(F f, Part part) {
   switch (f) {
-    case F::kEncryptInit: return OpSpec{Shape::kInit, Part::kInit, K::kEncrypt, {}};
-    case F::kDecryptInit: return OpSpec{Shape::kInit, Part::kInit, K::kDecrypt, {}};
-    case F::kDigestInit: return OpSpec{Shape::kInitNoKey, Part::kInit, K::kDigest, {}};
-    case F::kSignInit: return OpSpec{Shape::kInit, Part::kInit, K::kSign, {}};
-    case F::kVerifyInit: return OpSpec{Shape::kInit, Part::kInit, K::kVerify, {}};
-    case F::kSignRecoverInit: return OpSpec{Shape::kInit, Part::kInit, K::kSignRecover, {}};
-    case F::kVerifyRecoverInit: return OpSpec{Shape::kInit, Part::kInit, K::kVerifyRecover, {}};
-    case F::kEncrypt: return OpSpec{Shape::kInOut, Part::kSingle, K::kEncrypt, {}};
-    case F::kDecrypt: return OpSpec{Shape::kInOut, Part::kSingle, K::kDecrypt, {}};
-    case F::kDigest: return OpSpec{Shape::kInOut, Part::kSingle, K::kDigest, {}};
-    case F::kSign: return OpSpec{Shape::kInOut, Part::kSingle, K::kSign, {}};
-    case F::kSignRecover: return OpSpec{Shape::kInOut, Part::kSingle, K::kSignRecover, {}};
-    case F::kVerifyRecover: return OpSpec{Shape::kInOut, Part::kSingle, K::kVerifyRecover, {}};
-    case F::kVerify: return OpSpec{Shape::kInIn, Part::kSingle, K::kVerify, {}};
-    case F::kEncryptUpdate: return OpSpec{Shape::kInOut, Part::kUpdate, K::kEncrypt, {}};
-    case F::kDecryptUpdate: return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, {}};
-    case F::kDigestUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kDigest, {}};
-    case F::kDigestKey: return OpSpec{Shape::kKey, Part::kUpdate, K::kDigest, {}};
-    case F::kSignUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kSign, {}};
-    case F::kVerifyUpdate: return OpSpec{Shape::kIn, Part::kUpdate, K::kVerify, {}};
-    case F::kEncryptFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kEncrypt, {}};
-    case F::kDecryptFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kDecrypt, {}};
-    case F::kDigestFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kDigest, {}};
-    case F::kSignFinal: return OpSpec{Shape::kOut, Part::kFinal, K::kSign, {}};
-    case F::kVerifyFinal: return OpSpec{Shape::kIn, Part::kFinal, K::kVerify, {}};
-    case F::kDigestEncryptUpdate:
-      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDigest, K::kEncrypt};
-    case F::kDecryptDigestUpdate:
-      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, K::kDigest};
-    case F::kSignEncryptUpdate:
-      return OpSpec{Shape::kInOut, Part::kUpdate, K::kSign, K::kEncrypt};
-    case F::kDecryptVerifyUpdate:
-      return OpSpec{Shape::kInOut, Part::kUpdate, K::kDecrypt, K::kVerify};
-    default: return std::nullopt;
+    case F::kDigestInit:
+      return Shape::kInitNoKey;
+    case F::kVerify:
+      return Shape::kInIn;
+    case F::kDigestKey:
+      return Shape::kKey;
+    case F::kDigestUpdate:
+    case F::kSignUpdate:
+    case F::kVerifyUpdate:
+    case F::kVerifyFinal:
+      return Shape::kIn;
+    default:
+      break;
   }
+  switch (part) {
+    case Part::kInit:
+      return Shape::kInit;
+    case Part::kFinal:
+      return Shape::kOut;
+    default:
+      return Shape::kInOut;
+  }
+}
+
+std::optional<OpSpec> SpecOf(F f) {
+  const std::optional<wire::OpRole> role = wire::OperationOf(f);
+  if (!role.has_value()) return std::nullopt;
+  return OpSpec{ShapeOf(f, role->part), role->part, role->kind, role->second};
 }
 
 InitFn InitFnOf(F f) {
@@ -299,10 +293,8 @@ struct InitCall {
     InitCall& c = *this;
     auto nm = wire::NativeMechanism::Decode(c.mechanism);
     if (!nm.ok()) return wire::GetCkRv(nm.status());
-    static constexpr F kInitOf[kOpKinds] = {F::kEncryptInit, F::kDecryptInit, F::kDigestInit,
-                                            F::kSignInit,    F::kVerifyInit,  F::kSignRecoverInit,
-                                            F::kVerifyRecoverInit};
-    CK_RV r = c.keyed ? (fn->*InitFnOf(kInitOf[c.kind]))(c.session, nm->get(), c.key)
+    CK_RV r = c.keyed ? (fn->*InitFnOf(wire::InitOf(static_cast<OpKind>(c.kind))))(c.session,
+                                                                                   nm->get(), c.key)
                       : fn->C_DigestInit(c.session, nm->get());
     if (r != CKR_OK || c.replay.empty()) return r;
     // Replay what the operation processed on the member that failed; its

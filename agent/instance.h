@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "wire/operations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "config.h"
@@ -39,8 +40,8 @@ struct ObjectRef {
 };
 
 // The cryptographic operations a session can have active.
-enum class OpKind { kEncrypt, kDecrypt, kDigest, kSign, kVerify, kSignRecover, kVerifyRecover };
-inline constexpr size_t kOpKinds = 7;
+using wire::OpKind;
+using wire::kOpKinds;
 // Whether an active operation has seen a single-part or a multi-part call:
 // mixing the two is refused (CKR_OPERATION_ACTIVE).
 enum class OpMode { kNone, kSingle, kMulti };

@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "admin_service.h"
 #include "audit.h"
 #include "metrics.h"
@@ -49,6 +50,15 @@ bool ReadFile(const std::string& path, std::string* out) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("hsmuxd --config /etc/hsmux/hsmuxd.yaml");
   absl::ParseCommandLine(argc, argv);
+  // Debian's abseil is built with lock-order (deadlock) detection on: every
+  // absl::Mutex, ours and gRPC's, then keeps a node in a global graph, which
+  // showed in the agent's per-call profile (docs/decisions/0011). Tests turn
+  // it back on with HSMUX_CHECK_LOCK_ORDER=1 (tests/e2e/with_agent.sh).
+  const char* check_lock_order = getenv("HSMUX_CHECK_LOCK_ORDER");
+  absl::SetMutexDeadlockDetectionMode(
+      check_lock_order != nullptr && std::string(check_lock_order) == "1"
+          ? absl::OnDeadlockCycle::kAbort
+          : absl::OnDeadlockCycle::kIgnore);
   using namespace hsmux::agent;  // NOLINT(google-build-using-namespace)
 
   auto config = LoadAgentConfig(absl::GetFlag(FLAGS_config));

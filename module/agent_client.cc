@@ -68,11 +68,16 @@ v1::Cryptoki::Stub* AgentClient::StubLocked() {
     }
     args.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     args.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
-    // Fail fast and retry connecting soon after an agent outage, so calls
-    // answer CKR_DEVICE_ERROR within the call timeout and work again after.
+    // Retry connecting soon after an agent outage, so calls answer
+    // CKR_DEVICE_ERROR within the call timeout and work again after.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+    // Despite its name, gRPC core (1.51 subchannel.cc) takes this as the
+    // minimum time one connection attempt (TCP, TLS handshake, HTTP/2
+    // SETTINGS) may take before it is abandoned (default 20 s). At 200 ms a
+    // loaded host or a distant agent never connected: every attempt timed out
+    // ("connection attempt timed out before receiving SETTINGS frame").
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(config_.connect_timeout_ms));
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
     channel_ = grpc::CreateCustomChannel(config_.agents[endpoint_], grpc::SslCredentials(ssl),
                                          args);
@@ -114,6 +119,19 @@ absl::Status AgentClient::OpenLocked() {
 }
 
 absl::StatusOr<v1::CallResponse> AgentClient::Call(v1::CallRequest& request) {
+  uint64_t instance;
+  {
+    absl::MutexLock lock(&mu_);
+    instance = instance_id_;
+  }
+  if (auto local = answers_.Answer(request, instance)) return *local;
+  for (v1::CallRequest& init : answers_.Prepare(request)) answers_.LearnSent(init, Send(init));
+  auto response = Send(request);
+  answers_.Learn(request, response);
+  return response;
+}
+
+absl::StatusOr<v1::CallResponse> AgentClient::Send(v1::CallRequest& request) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::shared_ptr<v1::Cryptoki::Stub> stub;
     {

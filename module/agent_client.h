@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "hsmux/v1/cryptoki.grpc.pb.h"
+#include "local_answers.h"
 #include "module_config.h"
 
 namespace hsmux::module {
@@ -22,6 +23,7 @@ class AgentClient {
   // Sends one call, registering an instance first if there is none (or the
   // agent forgot it). A non-OK status carries the CK_RV for a transport or
   // agent failure (grpc_status_map.h); Cryptoki outcomes are in ck_rv.
+  // Answers it without a round trip when the module can (local_answers.h).
   absl::StatusOr<v1::CallResponse> Call(v1::CallRequest& request);
 
   // Renews the lease; registers again if the agent no longer knows us.
@@ -36,6 +38,8 @@ class AgentClient {
  private:
   AgentClient(ModuleConfig config, std::string ca, std::string cert, std::string key);
 
+  // One round trip.
+  absl::StatusOr<v1::CallResponse> Send(v1::CallRequest& request);
   // The stub of the current endpoint, created on first use.
   v1::Cryptoki::Stub* StubLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Registers an instance, trying each endpoint in turn.
@@ -52,6 +56,7 @@ class AgentClient {
   std::shared_ptr<v1::Cryptoki::Stub> stub_ ABSL_GUARDED_BY(mu_);
   uint64_t instance_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;
+  LocalAnswers answers_;
 };
 
 }  // namespace hsmux::module

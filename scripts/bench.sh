@@ -171,6 +171,9 @@ export BENCH_INNER_ENV
 BENCH_INNER_ENV="$(declare -p BUILD SECS WARM OPS RESULTS POOL_MIN POOL_MAX LAT_MS)"
 
 PARTS="${HSMUX_BENCH_PARTS:-main scale}"   # for debugging one part
+# The agent as in production: absl's lock-order checking off (with_agent.sh
+# turns it on for tests; docs/decisions/0011-agent-hot-path.md).
+export HSMUX_CHECK_LOCK_ORDER=0
 if [[ " $PARTS " == *" main "* ]]; then
   echo "== bench: main grid ($SECS s per cell)" >&2
   bash "$REPO/tests/e2e/with_agent.sh" "$BUILD" "$WORK/main" -- bash "$SELF" --inner-main

@@ -1,5 +1,7 @@
 #include "wire/function_table.h"
 
+#include "wire/operations.h"
+
 namespace hsmux::wire {
 
 const char* FunctionName(uint32_t id) {
@@ -15,33 +17,8 @@ const char* FunctionName(uint32_t id) {
 }
 
 bool IsOperationCall(F f) {
-  switch (f) {
-    case F::kEncrypt:
-    case F::kEncryptUpdate:
-    case F::kEncryptFinal:
-    case F::kDecrypt:
-    case F::kDecryptUpdate:
-    case F::kDecryptFinal:
-    case F::kDigest:
-    case F::kDigestUpdate:
-    case F::kDigestKey:
-    case F::kDigestFinal:
-    case F::kSign:
-    case F::kSignUpdate:
-    case F::kSignFinal:
-    case F::kSignRecover:
-    case F::kVerify:
-    case F::kVerifyUpdate:
-    case F::kVerifyFinal:
-    case F::kVerifyRecover:
-    case F::kDigestEncryptUpdate:
-    case F::kDecryptDigestUpdate:
-    case F::kSignEncryptUpdate:
-    case F::kDecryptVerifyUpdate:
-      return true;
-    default:
-      return false;
-  }
+  const std::optional<OpRole> role = OperationOf(f);
+  return role.has_value() && role->part != Part::kInit;
 }
 
 }  // namespace hsmux::wire

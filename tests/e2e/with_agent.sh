@@ -19,6 +19,9 @@
 #   HSMUX_WITH_TESTWRAP=1  members through tests/testwrap (counters, faults)
 #   HSMUX_GROUP_EXTRA      YAML lines added to the group (e.g. "pool_max_sessions: 4")
 #   HSMUX_TOP_EXTRA        YAML lines added at the top level (e.g. "max_sessions_per_instance: 5")
+#   HSMUX_CHECK_LOCK_ORDER 1 (default here) or 0: absl's lock-order checking in the agent
+#   HSMUX_AGENT_WRAPPER    a command the agent runs under (e.g. "valgrind --tool=callgrind"),
+#                          for profiling; word-split, so no spaces inside one argument
 set -euo pipefail
 [ "$#" -ge 4 ] && [ "$3" = "--" ] || { echo "usage: $0 BUILD_DIR WORK_DIR -- COMMAND..." >&2; exit 2; }
 BUILD="$(cd "$1" && pwd)"
@@ -61,14 +64,18 @@ if [ -n "${HSMUX_LEASE_SECONDS:-}" ]; then
   sed -i "s/^lease_seconds: .*/lease_seconds: ${HSMUX_LEASE_SECONDS}/" "$WORK/hsmuxd.yaml"
 fi
 
-"$BUILD/agent/hsmuxd" --config "$WORK/hsmuxd.yaml" >"$WORK/hsmuxd.log" 2>&1 &
+# Tests run the agent with absl's lock-order checking on (off in production,
+# docs/decisions/0011-agent-hot-path.md); scripts/bench.sh turns it off.
+export HSMUX_CHECK_LOCK_ORDER="${HSMUX_CHECK_LOCK_ORDER-1}"
+# shellcheck disable=SC2086 # the wrapper is a command line to split
+${HSMUX_AGENT_WRAPPER:-} "$BUILD/agent/hsmuxd" --config "$WORK/hsmuxd.yaml" >"$WORK/hsmuxd.log" 2>&1 &
 AGENT=$!
 cleanup() {
   kill "$AGENT" 2>/dev/null || true
   wait "$AGENT" 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 300); do
+for _ in $(seq 1 600); do
   grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" && break
   kill -0 "$AGENT" 2>/dev/null || { echo "hsmuxd exited early:" >&2; cat "$WORK/hsmuxd.log" >&2; exit 1; }
   sleep 0.1

@@ -1,0 +1,97 @@
+// What the module answers itself, from what the agent told it earlier, so
+// that a logical operation costs one transport round trip (issue 6,
+// docs/decisions/0010-round-trips.md):
+//
+// - static information: the mechanism list and each mechanism's info, and
+//   the slot info, kept per registered instance (they are fixed when the
+//   agent forms its groups); token info is not kept (its flags and counters
+//   change);
+// - C_*Init: answered CKR_OK here only when the agent answered the very same
+//   Init (slot, operation, mechanism without a parameter, key) with CKR_OK
+//   at the agent's current view epoch, and the module knows the session is
+//   open with no operation of that kind: every error the spec gives C_*Init
+//   depends on exactly those facts, so the agent would answer CKR_OK again.
+//   The Init is then kept and carried with the operation's next call.
+//
+// Everything else, and every case of doubt, goes to the agent. The module
+// mirrors each session's operation state from the agent's answers; a state
+// it cannot be sure of is "unknown", which only ever sends calls to the
+// agent.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "hsmux/v1/cryptoki.pb.h"
+#include "wire/operations.h"
+
+namespace hsmux::module {
+
+class LocalAnswers {
+public:
+  // The answer to `request` without a round trip, if the module has one.
+  // `instance` is the agent instance the module is registered as now (0:
+  // none); everything learnt under another instance is forgotten first.
+  std::optional<v1::CallResponse> Answer(const v1::CallRequest &request,
+                                         uint64_t instance);
+
+  // Before `request` is sent: moves the session's kept Inits that this call
+  // continues into request.carried_inits, and returns kept Inits that must
+  // reach the agent first, on their own (before a login or logout).
+  std::vector<v1::CallRequest> Prepare(v1::CallRequest &request);
+
+  // After the agent answered `request` (sent as instance
+  // request.instance_id()), or the transport failed: learns the operation state
+  // and keepable answers.
+  void Learn(const v1::CallRequest &request,
+             const absl::StatusOr<v1::CallResponse> &response);
+  // The same for a kept Init sent on its own (from Prepare): the caller had
+  // CKR_OK for it already, so a refusal is kept for the operation's next call.
+  void LearnSent(const v1::CallRequest &init,
+                 const absl::StatusOr<v1::CallResponse> &response);
+
+private:
+  enum class OpState { kIdle, kActive, kUnknown };
+  struct Session {
+    uint64_t slot = 0;
+    std::array<OpState, wire::kOpKinds> state{};
+    // Inits answered here, not yet sent (they go with the next call).
+    std::array<std::optional<v1::CallRequest>, wire::kOpKinds> kept;
+    // A kept Init the agent refused when it had to be sent on its own: the
+    // next call of that kind answers this.
+    std::array<uint64_t, wire::kOpKinds> refused{};
+  };
+  // (slot, operation kind, mechanism type, key handle or 0).
+  using InitKey = std::tuple<uint64_t, size_t, uint64_t, uint64_t>;
+
+  void ResetLocked(uint64_t instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<v1::CallResponse>
+  AnswerInitLocked(const v1::CallRequest &request, const wire::OpRole &role)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LearnInitLocked(const v1::CallRequest &init, uint64_t rv, uint64_t epoch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LearnOperationLocked(const v1::CallRequest &request,
+                            const wire::OpRole &role, uint64_t rv)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Session *FindLocked(const v1::CallRequest &request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  uint64_t instance_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  std::set<InitKey> accepted_ ABSL_GUARDED_BY(mu_);
+  // Static answers by request (function and arguments, serialised).
+  std::map<std::string, v1::CallResponse> fixed_ ABSL_GUARDED_BY(mu_);
+};
+
+} // namespace hsmux::module
