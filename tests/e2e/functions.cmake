@@ -4,4 +4,5 @@ hsmux_e2e_test(e2e_functions_test
   functions_test.cc
   functions_objects_test.cc
   functions_crypto_test.cc
-  functions_state_test.cc)
+  functions_state_test.cc
+  functions_local_answers_test.cc)

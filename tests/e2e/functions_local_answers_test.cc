@@ -1,0 +1,253 @@
+// E2E: what the module answers without a round trip (module/local_answers.h,
+// docs/decisions/0010-round-trips.md). Round trips are counted by the
+// module itself (HSMUX_STATS_FILE, docs/decisions/0008); every test also
+// checks that the Cryptoki answers are the ones the spec gives, above all
+// that no error moves from C_*Init to the call after it.
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "functions_util.h"
+
+namespace hsmux::testing {
+namespace {
+
+class LocalAnswersTest : public P11Test {
+protected:
+  void SetUp() override {
+    stats_ = Env("HSMUX_TEST_DIR") + "/local-answers-stats-" +
+             std::to_string(::getpid()) + ".json";
+    ::setenv("HSMUX_STATS_FILE", stats_.c_str(), 1);
+    P11Test::SetUp();
+  }
+  void TearDown() override {
+    P11Test::TearDown();
+    ::unsetenv("HSMUX_STATS_FILE");
+  }
+
+  // The module's transport round trips so far (C_GetInfo writes them out;
+  // it is answered locally itself).
+  long RoundTrips() {
+    CK_INFO info;
+    EXPECT_EQ(p->C_GetInfo(&info), CKR_OK);
+    std::ifstream in(stats_);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string s = text.str();
+    const size_t at = s.find("\"round_trips\":");
+    if (at == std::string::npos)
+      return -1;
+    return std::atol(s.c_str() + at + 14);
+  }
+
+  // ECDSA over a fixed hash; the signature, or empty on an error (rv_out).
+  Bytes SignOnce(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_RV *init_rv,
+                 CK_RV *sign_rv) {
+    CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+    *init_rv = p->C_SignInit(s, &m, key);
+    if (*init_rv != CKR_OK)
+      return {};
+    Bytes sig(64);
+    CK_ULONG n = sig.size();
+    *sign_rv = p->C_Sign(s, kHash.data(), kHash.size(), sig.data(), &n);
+    sig.resize(*sign_rv == CKR_OK ? n : 0);
+    return sig;
+  }
+  bool Verifies(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, Bytes sig) {
+    CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+    if (p->C_VerifyInit(s, &m, pub) != CKR_OK)
+      return false;
+    return p->C_Verify(s, kHash.data(), kHash.size(), sig.data(), sig.size()) ==
+           CKR_OK;
+  }
+
+  Bytes kHash = ToBytes("0123456789abcdef0123456789abcdef");
+  std::string stats_;
+};
+
+TEST_F(LocalAnswersTest, SignCostsOneRoundTripOnceTheAgentAcceptedTheInit) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  long before = RoundTrips();
+  Bytes first = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(RvStr(init_rv), RvStr(CKR_OK));
+  ASSERT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
+  EXPECT_EQ(RoundTrips() - before, 2)
+      << "first use: C_SignInit and C_Sign each go to the agent";
+  for (int i = 0; i < 5; ++i) {
+    before = RoundTrips();
+    Bytes sig = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+    ASSERT_EQ(RvStr(init_rv), RvStr(CKR_OK));
+    ASSERT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
+    EXPECT_EQ(RoundTrips() - before, 1)
+        << "C_SignInit answered here, carried with C_Sign";
+    EXPECT_TRUE(Verifies(s->h(), kp.pub, sig)) << "signature " << i;
+  }
+  // Digests the same way: the mechanism is all C_DigestInit depends on.
+  CK_MECHANISM sha = {CKM_SHA256, nullptr, 0};
+  for (int i = 0; i < 3; ++i) {
+    before = RoundTrips();
+    ASSERT_EQ(p->C_DigestInit(s->h(), &sha), CKR_OK);
+    Bytes d(32);
+    CK_ULONG n = d.size();
+    ASSERT_EQ(p->C_Digest(s->h(), kHash.data(), kHash.size(), d.data(), &n),
+              CKR_OK);
+    EXPECT_EQ(n, 32u);
+    EXPECT_EQ(RoundTrips() - before, i == 0 ? 2 : 1) << "digest " << i;
+  }
+}
+
+TEST_F(LocalAnswersTest,
+       SecondInitWhileKeptIsOperationActiveAndTheFirstGoesOn) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv); // the agent accepts it once
+  ASSERT_EQ(sign_rv, CKR_OK);
+  CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+  const long before = RoundTrips();
+  ASSERT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)), RvStr(CKR_OK));
+  EXPECT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)),
+            RvStr(CKR_OPERATION_ACTIVE));
+  EXPECT_EQ(RoundTrips() - before, 0);
+  // A length query keeps the operation; the real call ends it.
+  CK_ULONG n = 0;
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n)),
+            RvStr(CKR_OK));
+  EXPECT_EQ(n, 64u);
+  Bytes sig(n);
+  ASSERT_EQ(
+      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+      RvStr(CKR_OK));
+  EXPECT_TRUE(Verifies(s->h(), kp.pub, sig));
+  EXPECT_EQ(
+      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+      RvStr(CKR_OPERATION_NOT_INITIALIZED));
+}
+
+TEST_F(LocalAnswersTest, ArgumentErrorEndsAKeptOperationWithoutARoundTrip) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+  const long before = RoundTrips();
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
+  Bytes sig(64);
+  EXPECT_EQ(
+      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), nullptr)),
+      RvStr(CKR_ARGUMENTS_BAD));
+  EXPECT_EQ(RoundTrips() - before, 0);
+  CK_ULONG n = sig.size();
+  EXPECT_EQ(
+      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+      RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  // And the next operation works.
+  Bytes again = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  EXPECT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
+  EXPECT_TRUE(Verifies(s->h(), kp.pub, again));
+}
+
+// Whatever changes a C_SignInit answer reaches the module with the agent's
+// next answer (the view epoch), so the error stays on C_SignInit.
+TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  // Usage switched off: CKR_KEY_FUNCTION_NOT_PERMITTED at Init.
+  Attrs off;
+  off.Bool(CKA_SIGN, false);
+  ASSERT_EQ(p->C_SetAttributeValue(s->h(), kp.priv, off.data(), off.size()),
+            CKR_OK);
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  EXPECT_EQ(RvStr(init_rv), RvStr(CKR_KEY_FUNCTION_NOT_PERMITTED));
+  // Destroyed: CKR_KEY_HANDLE_INVALID at Init.
+  KeyPair other = GenEc(s->h());
+  SignOnce(s->h(), other.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  ASSERT_EQ(p->C_DestroyObject(s->h(), other.priv), CKR_OK);
+  SignOnce(s->h(), other.priv, &init_rv, &sign_rv);
+  EXPECT_EQ(RvStr(init_rv), RvStr(CKR_KEY_HANDLE_INVALID));
+  // Another session's operation state is its own: a kept Init there does
+  // not make this one's Init "active".
+  Session s2(p, true); // the instance is logged in already
+  KeyPair third = GenEc(s->h());
+  SignOnce(s->h(), third.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, third.priv), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_SignInit(s2.h(), &m, third.priv)), RvStr(CKR_OK));
+  Bytes sig(64);
+  CK_ULONG n = sig.size();
+  EXPECT_EQ(
+      RvStr(p->C_Sign(s2.h(), kHash.data(), kHash.size(), sig.data(), &n)),
+      RvStr(CKR_OK));
+  n = sig.size();
+  EXPECT_EQ(
+      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+      RvStr(CKR_OK));
+}
+
+TEST_F(LocalAnswersTest, LogoutAndCloseAreSeenBeforeTheNextInit) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  // A kept Init reaches the agent before the logout does.
+  CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
+  ASSERT_EQ(p->C_Logout(s->h()), CKR_OK);
+  // Not logged in: the private key is not visible to C_SignInit.
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
+  EXPECT_NE(RvStr(init_rv), RvStr(CKR_OK))
+      << "the module reused an answer from before the logout";
+  // A closed session is CKR_SESSION_HANDLE_INVALID at Init.
+  auto s2 = UserSession(); // logs in again (the logout above)
+  KeyPair kp2 = GenEc(s2->h());
+  SignOnce(s2->h(), kp2.priv, &init_rv, &sign_rv);
+  ASSERT_EQ(sign_rv, CKR_OK);
+  const CK_SESSION_HANDLE gone = s2->h();
+  ASSERT_EQ(s->Close(), CKR_OK);
+  ASSERT_EQ(s2->Close(), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_SignInit(gone, &m, kp2.priv)),
+            RvStr(CKR_SESSION_HANDLE_INVALID));
+}
+
+TEST_F(LocalAnswersTest, StaticInformationIsKeptAndTokenInfoIsNot) {
+  CK_ULONG count = 0;
+  ASSERT_EQ(p->C_GetMechanismList(kSlot, nullptr, &count), CKR_OK);
+  std::vector<CK_MECHANISM_TYPE> list(count);
+  long before = RoundTrips();
+  ASSERT_EQ(p->C_GetMechanismList(kSlot, list.data(), &count), CKR_OK);
+  CK_MECHANISM_INFO info;
+  ASSERT_EQ(p->C_GetMechanismInfo(kSlot, CKM_ECDSA, &info), CKR_OK);
+  EXPECT_EQ(RoundTrips() - before, 1) << "list kept; the first info asked";
+  before = RoundTrips();
+  CK_MECHANISM_INFO again;
+  ASSERT_EQ(p->C_GetMechanismInfo(kSlot, CKM_ECDSA, &again), CKR_OK);
+  EXPECT_EQ(info.flags, again.flags);
+  EXPECT_EQ(info.ulMinKeySize, again.ulMinKeySize);
+  EXPECT_EQ(info.ulMaxKeySize, again.ulMaxKeySize);
+  EXPECT_EQ(RvStr(p->C_GetMechanismInfo(kSlot, 0x7ffffff0, &again)),
+            RvStr(CKR_MECHANISM_INVALID));
+  EXPECT_EQ(RvStr(p->C_GetMechanismList(kSlot, list.data(), nullptr)),
+            RvStr(CKR_ARGUMENTS_BAD));
+  EXPECT_EQ(RoundTrips() - before, 1)
+      << "only the unknown mechanism went to the agent";
+  // Token info carries counters and flags that change: always asked.
+  CK_TOKEN_INFO ti;
+  before = RoundTrips();
+  ASSERT_EQ(p->C_GetTokenInfo(kSlot, &ti), CKR_OK);
+  const CK_ULONG sessions = ti.ulSessionCount;
+  Session s(p, false);
+  ASSERT_EQ(p->C_GetTokenInfo(kSlot, &ti), CKR_OK);
+  EXPECT_EQ(ti.ulSessionCount, sessions + 1);
+}
+
+} // namespace
+} // namespace hsmux::testing
