@@ -4,6 +4,7 @@
 // sessions. The agent enforces R/O sessions and private-object rules itself
 // because it is always logged in to the members.
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <set>
 
@@ -519,16 +520,19 @@ CK_RV SetAttributeValue(CallContext& ctx) {
 
 namespace {
 
-// Runs one complete search on a member (its session is pooled; the search
-// runs on a worker with the call deadline).
-CK_RV SearchMember(Group& group, size_t member, const v1::AttributeList& tmpl,
-                   std::vector<CK_OBJECT_HANDLE>* out) {
+// Runs one complete search on a member `where` allows (its session is
+// pooled; the search runs on a worker with the call deadline, and moves to
+// the next such member after a device failure). `*used` is the member that
+// answered.
+CK_RV SearchMember(Group& group, const std::function<bool(size_t)>& where,
+                   const v1::AttributeList& tmpl, std::vector<CK_OBJECT_HANDLE>* out,
+                   size_t* used = nullptr) {
   ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(tmpl));
   (void)check;
   auto found = std::make_shared<std::vector<CK_OBJECT_HANDLE>>();
   auto shared_tmpl = std::make_shared<v1::AttributeList>(tmpl);
   CK_RV rv = group.RunOnMember(
-      [member](size_t i) { return i == member; },
+      where,
       [found, shared_tmpl](size_t, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE h) {
         auto native = wire::NativeTemplate::Decode(*shared_tmpl);
         if (!native.ok()) return wire::GetCkRv(native.status());
@@ -543,7 +547,7 @@ CK_RV SearchMember(Group& group, size_t member, const v1::AttributeList& tmpl,
         } while (got == 256);
         return fn->C_FindObjectsFinal(h);
       },
-      "C_FindObjects");
+      "C_FindObjects", used);
   if (rv == CKR_OK) *out = *found;
   return rv;
 }
@@ -557,11 +561,16 @@ CK_RV FindTokenObjects(CallContext& ctx, uint64_t slot, Group& group,
                        std::vector<uint64_t>* ids) {
   auto matched = group.registry().Match(tmpl);
   if (!matched.has_value()) {
-    const size_t mi = group.AnyMember();
+    // Any member will do: the search moves on if the first fails.
+    size_t mi = 0;
     v1::AttributeList t = tmpl;
     AddWireBool(t, CKA_TOKEN, true);
     std::vector<CK_OBJECT_HANDLE> found;
-    if (CK_RV rv = SearchMember(group, mi, t, &found); rv != CKR_OK) return rv;
+    if (CK_RV rv = SearchMember(
+            group, [](size_t) { return true; }, t, &found, &mi);
+        rv != CKR_OK) {
+      return rv;
+    }
     std::vector<uint64_t> out;
     for (const auto& obj : group.registry().All()) {
       if (!obj->OnMember(mi)) continue;
@@ -626,7 +635,11 @@ CK_RV FindObjectsInit(CallContext& ctx) {
     if (!logged_in && !WireBool(t, CKA_PRIVATE).has_value()) AddWireBool(t, CKA_PRIVATE, false);
     for (size_t mi : members) {
       std::vector<CK_OBJECT_HANDLE> found;
-      if (CK_RV rv = SearchMember(group, mi, t, &found); rv != CKR_OK) return rv;
+      if (CK_RV rv = SearchMember(
+              group, [mi](size_t i) { return i == mi; }, t, &found);
+          rv != CKR_OK) {
+        return rv;
+      }
       absl::MutexLock lock(&ctx.instance().mu);
       for (CK_OBJECT_HANDLE h : found) {
         auto it = ctx.instance().object_index.find({mi, h});
@@ -634,6 +647,12 @@ CK_RV FindObjectsInit(CallContext& ctx) {
         results.push_back(it->second);
       }
     }
+  }
+  if (ctx.request().find_prefetch() > 0 && results.size() <= ctx.request().find_prefetch()) {
+    // The module keeps the search (docs/decisions/0010): one round trip.
+    auto* list = ctx.AddResult()->mutable_ulongs();
+    for (uint64_t h : results) list->add_values(h);
+    return CKR_OK;
   }
   session->find_active = true;
   session->find_results = std::move(results);
