@@ -725,6 +725,9 @@ absl::Status Writer::CatchUp(size_t i) {
   // (fingerprint, class) -> latest create. The class is part of the key: the
   // two halves of a key pair share a fingerprint.
   std::map<std::pair<std::string, uint64_t>, v1::JournalObject> journalled;
+  // Fingerprint -> the attributes acknowledged C_SetAttributeValue calls
+  // changed: the member gets the registry's value of each it lacks.
+  std::map<std::string, std::set<CK_ATTRIBUTE_TYPE>> changed;
   if (store_ != nullptr) {
     auto stored = store_->ListObjects(group_.config().slot_id);
     if (stored.ok()) {
@@ -735,9 +738,15 @@ absl::Status Writer::CatchUp(size_t i) {
     auto entries = store_->ListJournal(group_.config().slot_id, "acked");
     if (entries.ok()) {
       for (const JournalEntry& e : *entries) {
-        if (e.op != "create") continue;
+        if (e.op != "create" && e.op != "set_attributes") continue;
         v1::JournalPayload p;
         if (!p.ParseFromString(e.payload)) continue;
+        if (e.op == "set_attributes") {
+          for (const auto& a : p.attributes().attributes()) {
+            changed[p.fingerprint()].insert(a.type());
+          }
+          continue;
+        }
         for (const auto& o : p.objects()) {
           if (!o.fingerprint().empty()) journalled[{o.fingerprint(), o.object_class()}] = o;
         }
@@ -777,13 +786,25 @@ absl::Status Writer::CatchUp(size_t i) {
       present.insert(obj->id);
       known = true;
       ++matched;
-      // Labels and IDs changed while the member was out.
+      // Labels and IDs changed while the member was out, and any other
+      // attribute a C_SetAttributeValue it missed changed.
+      v1::AttributeList fix;
       if (snap.label != obj->snapshot.label || snap.cka_id != obj->snapshot.cka_id) {
-        v1::AttributeList fix;
         SetWire(fix, CKA_LABEL, BytesAttr(obj->snapshot.label));
         SetWire(fix, CKA_ID, BytesAttr(obj->snapshot.cka_id));
+      }
+      if (auto c = changed.find(obj->fingerprint); c != changed.end()) {
+        for (CK_ATTRIBUTE_TYPE type : c->second) {
+          if (type == CKA_LABEL || type == CKA_ID) continue;
+          const v1::Attribute* want = FindAttribute(obj->snapshot.attributes, type);
+          if (want == nullptr) continue;  // not kept: nothing to compare with
+          const v1::Attribute* have = FindAttribute(snap.attributes, type);
+          if (have == nullptr || !SameValue(*have, *want)) SetWire(fix, type, *want);
+        }
+      }
+      if (fix.attributes_size() > 0) {
         const CK_OBJECT_HANDLE h = f.handle;
-        OnMember(
+        CK_RV r = OnMember(
             i, false,
             [fix, h](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
               auto native = wire::NativeTemplate::Decode(fix);
@@ -791,6 +812,10 @@ absl::Status Writer::CatchUp(size_t i) {
               return fn->C_SetAttributeValue(holder, h, native->data(), native->size());
             },
             /*recovering=*/true);
+        if (r != CKR_OK) {
+          LogWarning(absl::StrCat("member ", m->name(), ": '", obj->snapshot.label,
+                                  "': changed attributes not aligned: ", wire::CkRvName(r)));
+        }
       }
       break;
     }
