@@ -468,7 +468,14 @@ struct DataCall {
 void Remember(ClientSession& s, const OpSpec& spec, const std::string& in) {
   const size_t k = Index(spec.kind);
   if (spec.second.has_value() || spec.shape == Shape::kKey) {
-    s.replayable[k] = false;  // dual functions and DigestKey: not replayed
+    // Dual functions and DigestKey: not replayed. A dual function fed both
+    // operations: neither may move (the other's buffer lacks this input).
+    s.replayable[k] = false;
+    s.replay[k].clear();
+    if (spec.second.has_value()) {
+      s.replayable[Index(*spec.second)] = false;
+      s.replay[Index(*spec.second)].clear();
+    }
     return;
   }
   if (!s.replayable[k]) return;
