@@ -282,6 +282,23 @@ CK_RV GenHmac(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, const std::string& label
   return p->C_GenerateKey(s, &m, t.data(), t.size(), out);
 }
 
+CK_OBJECT_HANDLE CreateTokenSecret(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, CK_KEY_TYPE kt,
+                                   const Bytes& value, const SecretUse& use,
+                                   const std::string& label, CK_RV* rv) {
+  Attrs t;
+  t.Ulong(CKA_CLASS, CKO_SECRET_KEY).Ulong(CKA_KEY_TYPE, kt).Bool(CKA_TOKEN, true);
+  t.Bool(CKA_PRIVATE, true).Bool(CKA_SENSITIVE, !use.extractable);
+  t.Bool(CKA_EXTRACTABLE, use.extractable);
+  t.Bool(CKA_ENCRYPT, use.encrypt).Bool(CKA_DECRYPT, use.encrypt);
+  t.Bool(CKA_SIGN, use.sign).Bool(CKA_VERIFY, use.sign);
+  t.Bool(CKA_WRAP, use.wrap).Bool(CKA_UNWRAP, use.wrap).Bool(CKA_DERIVE, use.derive);
+  t.Str(CKA_LABEL, label).Raw(CKA_ID, ToBytes(label)).Raw(CKA_VALUE, value);
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  const CK_RV r = p->C_CreateObject(s, t.data(), t.size(), &h);
+  if (rv != nullptr) *rv = r;
+  return r == CKR_OK ? h : CK_INVALID_HANDLE;
+}
+
 // ---- OpenSSL ----
 Bytes EcPointOctets(const Bytes& a) {
   // DER OCTET STRING 0x04 len [0x81 len] point, or the raw point.
@@ -513,6 +530,41 @@ bool TestwrapCtl(const std::string& member_label, const std::vector<std::string>
   return RunCommand(cmd, &out) == 0;
 }
 
+std::map<size_t, uint64_t> CallCounts(const std::string& fn) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::map<size_t, uint64_t> c;
+  for (size_t i = 0; i < 3; ++i) c[i] = ReadStats(kMembers[i]).Calls(fn);
+  return c;
+}
+
+std::set<size_t> GrewOn(const std::string& fn, const std::map<size_t, uint64_t>& before,
+                        size_t at_least) {
+  auto grown = [&] {
+    std::set<size_t> g;
+    for (size_t i = 0; i < 3; ++i) {
+      if (ReadStats(kMembers[i]).Calls(fn) > before.at(i)) g.insert(i);
+    }
+    return g;
+  };
+  for (int waited = 0; waited < 3000 && grown().size() < at_least; waited += 50) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return grown();
+}
+
+int OnlyGrew(const std::string& fn, const std::map<size_t, uint64_t>& before) {
+  const std::set<size_t> g = GrewOn(fn, before);
+  return g.size() == 1 ? static_cast<int>(*g.begin()) : -1;
+}
+
+std::map<size_t, uint64_t> InjectedFailures() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::map<size_t, uint64_t> c;
+  for (size_t i = 0; i < 3; ++i) c[i] = ReadStats(kMembers[i]).Get("injected_failures");
+  return c;
+}
+
 // ---- hsmuxctl ----
 int Hsmuxctl(const std::string& args, std::string* out) {
   return RunCommand(BuildDir() + "/agent/hsmuxctl " + args + " --config '" + Env("HSMUX_TEST_DIR") +
@@ -560,6 +612,18 @@ bool WaitAllHealthy(int timeout_ms, std::string* last_raw) {
     if (all) return true;
     if (waited >= timeout_ms) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+uint64_t Failovers(size_t member) {
+  return GroupStatus()[std::string(1, static_cast<char>('a' + member))].failovers;
+}
+
+bool WaitMemberState(const std::string& name, const std::string& state, int timeout_ms) {
+  for (int waited = 0;; waited += 100) {
+    if (GroupStatus()[name].state == state) return true;
+    if (waited >= timeout_ms) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }
 

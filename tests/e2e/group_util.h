@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,21 @@ CK_RV GenAes(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, const std::string& label,
              bool token, CK_OBJECT_HANDLE* out);
 CK_RV GenHmac(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, const std::string& label, const Bytes& id,
               CK_OBJECT_HANDLE* out);
+// What a secret key made by CreateTokenSecret may do. Keys are sensitive and
+// sealed unless `extractable` (then neither, so that C_DigestKey and
+// C_WrapKey take them).
+struct SecretUse {
+  bool encrypt = false;  // CKA_ENCRYPT and CKA_DECRYPT
+  bool sign = false;     // CKA_SIGN and CKA_VERIFY
+  bool wrap = false;     // CKA_WRAP and CKA_UNWRAP
+  bool derive = false;
+  bool extractable = false;
+};
+// A private token secret key from a known value, made through `p`
+// (replicated); label and CKA_ID `label`. CK_INVALID_HANDLE and *rv on error.
+CK_OBJECT_HANDLE CreateTokenSecret(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, CK_KEY_TYPE kt,
+                                   const Bytes& value, const SecretUse& use,
+                                   const std::string& label, CK_RV* rv = nullptr);
 
 // ---- OpenSSL checks ----
 // CKA_EC_POINT (DER OCTET STRING or raw) -> uncompressed point.
@@ -157,6 +173,19 @@ struct Stats {
 Stats ReadStats(const std::string& member_label);
 // hsmux-testwrap-ctl DIR LABEL args...; true on exit 0.
 bool TestwrapCtl(const std::string& member_label, const std::vector<std::string>& args);
+// Counts of `fn` (a C_* name) on every member (index into kMembers) now,
+// after the wrapper has written out earlier calls (it does within ~20 ms).
+std::map<size_t, uint64_t> CallCounts(const std::string& fn);
+// The members whose count of `fn` grew since `before`: polls the stats until
+// at least `at_least` did (or 3 s passed), then lets late writes settle and
+// reads once more.
+std::set<size_t> GrewOn(const std::string& fn, const std::map<size_t, uint64_t>& before,
+                        size_t at_least = 1);
+// The one member whose count of `fn` grew since `before`; -1 if none or
+// several did.
+int OnlyGrew(const std::string& fn, const std::map<size_t, uint64_t>& before);
+// Calls answered by an injected fault, on every member now.
+std::map<size_t, uint64_t> InjectedFailures();
 
 // ---- The agent's admin CLI (hsmuxctl ... --config $HSMUX_TEST_DIR/hsmuxd.yaml) ----
 // Runs `hsmuxctl ARGS --config ...`; exit status, output in *out.
@@ -172,6 +201,10 @@ struct MemberStatus {
 std::map<std::string, MemberStatus> GroupStatus(std::string* raw = nullptr);
 // Polls `hsmuxctl status` until every member is healthy (true) or the time is up.
 bool WaitAllHealthy(int timeout_ms, std::string* last_raw = nullptr);
+// `failovers` of member i (index into kMembers) in `hsmuxctl status`.
+uint64_t Failovers(size_t member);
+// Polls `hsmuxctl status` until member `name` ("a", "b", "c") is in `state`.
+bool WaitMemberState(const std::string& name, const std::string& state, int timeout_ms);
 
 // ---- Processes ----
 // Runs a shell command, returns exit status; stdout+stderr into *out.
