@@ -16,7 +16,10 @@ hsmux_group_e2e_test(e2e_ha_health ha_health_test.cc)
 hsmux_group_e2e_test(e2e_ha_replay ha_replay_test.cc)
 # Catch-up after an outage; hsmuxctl drain / readmit.
 hsmux_group_e2e_test(e2e_ha_recovery ha_recovery_test.cc)
-foreach(t e2e_ha_chaos e2e_ha_health e2e_ha_recovery)
+# Single calls on a failing member: searches, wrap and random retried;
+# copy/unwrap/derive not retried and leave nothing; attribute changes caught up.
+hsmux_group_e2e_test(e2e_ha_failover ha_failover_test.cc)
+foreach(t e2e_ha_chaos e2e_ha_health e2e_ha_recovery e2e_ha_failover)
   set_tests_properties(${t} PROPERTIES ENVIRONMENT
     "HSMUX_WITH_TESTWRAP=1;HSMUX_GROUP_EXTRA=${HSMUX_HA_GROUP}")
 endforeach()
