@@ -11,7 +11,7 @@ void CallExecutor::Post(std::function<void()> task) {
   {
     absl::MutexLock lock(&mu_);
     if (!idle_.empty()) {
-      Slot *slot = idle_.back();
+      Slot* slot = idle_.back();
       idle_.pop_back();
       slot->task = std::move(task);
       slot->wake.Signal();
@@ -24,9 +24,7 @@ void CallExecutor::Post(std::function<void()> task) {
     ++threads_;
   }
   // Workers live as long as the agent; they are never joined.
-  std::thread([this, first = std::move(task)]() mutable {
-    Worker(std::move(first));
-  }).detach();
+  std::thread([this, first = std::move(task)]() mutable { Worker(std::move(first)); }).detach();
 }
 
 bool CallExecutor::Run(absl::Duration timeout, std::function<void()> task) {
@@ -51,8 +49,7 @@ void CallExecutor::Worker(std::function<void()> first) {
       continue;
     }
     idle_.push_back(&slot);
-    while (!slot.task)
-      slot.wake.Wait(&mu_);
+    while (!slot.task) slot.wake.Wait(&mu_);
     task = std::move(slot.task);
     slot.task = nullptr;
   }
@@ -63,4 +60,4 @@ int CallExecutor::busy() {
   return threads_ - static_cast<int>(idle_.size());
 }
 
-} // namespace hsmux::agent
+}  // namespace hsmux::agent

@@ -21,10 +21,10 @@
 namespace hsmux::agent {
 
 class CallExecutor {
-public:
+ public:
   explicit CallExecutor(std::string name) : name_(std::move(name)) {}
-  CallExecutor(const CallExecutor &) = delete;
-  CallExecutor &operator=(const CallExecutor &) = delete;
+  CallExecutor(const CallExecutor&) = delete;
+  CallExecutor& operator=(const CallExecutor&) = delete;
 
   // Runs `task` and waits for it at most `timeout`. True if it finished.
   bool Run(absl::Duration timeout, std::function<void()> task);
@@ -34,7 +34,7 @@ public:
   // Workers blocked in a call right now (hung calls show up here).
   int busy();
 
-private:
+ private:
   // One worker thread's mailbox: Post puts a task here and signals `wake`.
   struct Slot {
     absl::CondVar wake;
@@ -46,7 +46,7 @@ private:
   absl::Mutex mu_;
   // Idle workers, most recently idle last (it is the one woken next: its
   // stack and caches are warm).
-  std::vector<Slot *> idle_ ABSL_GUARDED_BY(mu_);
+  std::vector<Slot*> idle_ ABSL_GUARDED_BY(mu_);
   // Tasks waiting for a worker: only when kMaxThreads workers are all busy.
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   int threads_ ABSL_GUARDED_BY(mu_) = 0;
@@ -54,4 +54,4 @@ private:
   static constexpr int kMaxThreads = 256;
 };
 
-} // namespace hsmux::agent
+}  // namespace hsmux::agent

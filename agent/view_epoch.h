@@ -12,4 +12,4 @@ namespace hsmux::agent {
 uint64_t ViewEpoch();
 void AdvanceViewEpoch();
 
-} // namespace hsmux::agent
+}  // namespace hsmux::agent

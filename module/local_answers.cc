@@ -13,39 +13,41 @@ using wire::Part;
 // Keeps the memory bounded for hosts that churn through keys.
 constexpr size_t kMaxAccepted = 4096;
 constexpr size_t kMaxFixed = 1024;
+// Searches with more matches than this stay on the agent (C_FindObjects
+// pages through them there).
+constexpr uint32_t kFindPrefetch = 1024;
 
-F FunctionOf(const v1::CallRequest &r) { return static_cast<F>(r.function()); }
+F FunctionOf(const v1::CallRequest& r) { return static_cast<F>(r.function()); }
 
 // Calls whose first argument is a session handle.
 bool SessionScoped(F f) {
   switch (f) {
-  case F::kInitialize:
-  case F::kFinalize:
-  case F::kGetInfo:
-  case F::kGetFunctionList:
-  case F::kGetSlotList:
-  case F::kGetSlotInfo:
-  case F::kGetTokenInfo:
-  case F::kGetMechanismList:
-  case F::kGetMechanismInfo:
-  case F::kInitToken:
-  case F::kOpenSession:
-  case F::kCloseAllSessions:
-  case F::kWaitForSlotEvent:
-    return false;
-  default:
-    return true;
+    case F::kInitialize:
+    case F::kFinalize:
+    case F::kGetInfo:
+    case F::kGetFunctionList:
+    case F::kGetSlotList:
+    case F::kGetSlotInfo:
+    case F::kGetTokenInfo:
+    case F::kGetMechanismList:
+    case F::kGetMechanismInfo:
+    case F::kInitToken:
+    case F::kOpenSession:
+    case F::kCloseAllSessions:
+    case F::kWaitForSlotEvent:
+      return false;
+    default:
+      return true;
   }
 }
 
 // Answers fixed while the agent's groups are (DESIGN §2: the mechanism list
 // is the intersection formed at start).
 bool Fixed(F f) {
-  return f == F::kGetMechanismList || f == F::kGetMechanismInfo ||
-         f == F::kGetSlotInfo;
+  return f == F::kGetMechanismList || f == F::kGetMechanismInfo || f == F::kGetSlotInfo;
 }
 
-std::string FixedKey(const v1::CallRequest &r) {
+std::string FixedKey(const v1::CallRequest& r) {
   v1::CallRequest key;
   key.set_function(r.function());
   *key.mutable_args() = r.args();
@@ -61,30 +63,27 @@ v1::CallResponse Rv(uint64_t rv) {
 size_t Index(OpKind k) { return static_cast<size_t>(k); }
 
 // The kinds a call continues: one, or two for a dual-function update.
-std::vector<OpKind> KindsOf(const wire::OpRole &role) {
+std::vector<OpKind> KindsOf(const wire::OpRole& role) {
   std::vector<OpKind> kinds{role.kind};
-  if (role.second.has_value())
-    kinds.push_back(*role.second);
+  if (role.second.has_value()) kinds.push_back(*role.second);
   return kinds;
 }
 
 // Whether the call asked only for the output length (a NULL buffer), which
 // leaves the operation active when it succeeds.
-bool LengthQuery(const v1::CallRequest &r) {
-  for (const v1::Value &v : r.args()) {
-    if (v.has_capacity())
-      return v.capacity().is_null();
+bool LengthQuery(const v1::CallRequest& r) {
+  for (const v1::Value& v : r.args()) {
+    if (v.has_capacity()) return v.capacity().is_null();
   }
   return false;
 }
 
 // The Init's key handle (0 for C_DigestInit).
-uint64_t InitKeyHandle(const v1::CallRequest &init) {
-  return init.args_size() > 2 && init.args(2).has_ulong() ? init.args(2).ulong()
-                                                          : 0;
+uint64_t InitKeyHandle(const v1::CallRequest& init) {
+  return init.args_size() > 2 && init.args(2).has_ulong() ? init.args(2).ulong() : 0;
 }
 
-} // namespace
+}  // namespace
 
 void LocalAnswers::ResetLocked(uint64_t instance) {
   instance_ = instance;
@@ -93,8 +92,7 @@ void LocalAnswers::ResetLocked(uint64_t instance) {
   fixed_.clear();
 }
 
-LocalAnswers::Session *
-LocalAnswers::FindLocked(const v1::CallRequest &request) {
+LocalAnswers::Session* LocalAnswers::FindLocked(const v1::CallRequest& request) {
   if (!SessionScoped(FunctionOf(request)) || request.args_size() == 0 ||
       !request.args(0).has_ulong()) {
     return nullptr;
@@ -103,26 +101,24 @@ LocalAnswers::FindLocked(const v1::CallRequest &request) {
   return it == sessions_.end() ? nullptr : &it->second;
 }
 
-std::optional<v1::CallResponse>
-LocalAnswers::Answer(const v1::CallRequest &request, uint64_t instance) {
+std::optional<v1::CallResponse> LocalAnswers::Answer(const v1::CallRequest& request,
+                                                     uint64_t instance) {
   absl::MutexLock lock(&mu_);
-  if (instance != instance_)
-    ResetLocked(instance);
-  if (instance == 0)
-    return std::nullopt;
+  if (instance != instance_) ResetLocked(instance);
+  if (instance == 0) return std::nullopt;
   const F f = FunctionOf(request);
   if (Fixed(f)) {
     auto it = fixed_.find(FixedKey(request));
-    if (it != fixed_.end())
-      return it->second;
+    if (it != fixed_.end()) return it->second;
     return std::nullopt;
   }
+  if (f == F::kFindObjectsInit || f == F::kFindObjects || f == F::kFindObjectsFinal) {
+    return AnswerFindLocked(request);
+  }
   const std::optional<wire::OpRole> role = wire::OperationOf(f);
-  if (!role.has_value())
-    return std::nullopt;
-  Session *s = FindLocked(request);
-  if (s == nullptr)
-    return std::nullopt;
+  if (!role.has_value()) return std::nullopt;
+  Session* s = FindLocked(request);
+  if (s == nullptr) return std::nullopt;
   for (OpKind k : KindsOf(*role)) {
     if (uint64_t rv = s->refused[Index(k)]; rv != CKR_OK) {
       // The Init this module answered was refused when it reached the agent.
@@ -131,8 +127,7 @@ LocalAnswers::Answer(const v1::CallRequest &request, uint64_t instance) {
       return Rv(rv);
     }
   }
-  if (role->part == Part::kInit)
-    return AnswerInitLocked(request, *role);
+  if (role->part == Part::kInit) return AnswerInitLocked(request, *role);
   if (request.local_error() != 0 && s->kept[Index(role->kind)].has_value() &&
       !role->second.has_value()) {
     // Bad arguments inside an operation the agent has not seen yet: it ends
@@ -144,44 +139,64 @@ LocalAnswers::Answer(const v1::CallRequest &request, uint64_t instance) {
   return std::nullopt;
 }
 
-std::optional<v1::CallResponse>
-LocalAnswers::AnswerInitLocked(const v1::CallRequest &request,
-                               const wire::OpRole &role) {
-  Session *s = FindLocked(request);
+std::optional<v1::CallResponse> LocalAnswers::AnswerInitLocked(const v1::CallRequest& request,
+                                                               const wire::OpRole& role) {
+  Session* s = FindLocked(request);
   const size_t k = Index(role.kind);
-  if (s->kept[k].has_value())
-    return Rv(CKR_OPERATION_ACTIVE); // active, the agent not told yet
-  if (s->state[k] != OpState::kIdle)
-    return std::nullopt;
-  if (request.args_size() < 2 || !request.args(1).has_mechanism())
-    return std::nullopt;
-  const v1::Mechanism &mech = request.args(1).mechanism();
+  if (s->kept[k].has_value()) return Rv(CKR_OPERATION_ACTIVE);  // active, the agent not told yet
+  if (s->state[k] != OpState::kIdle) return std::nullopt;
+  if (request.args_size() < 2 || !request.args(1).has_mechanism()) return std::nullopt;
+  const v1::Mechanism& mech = request.args(1).mechanism();
   if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET) {
     // Whether a member accepts a parameter is the member's to say, at Init.
     return std::nullopt;
   }
-  if (!accepted_.count({s->slot, k, mech.type(), InitKeyHandle(request)}))
-    return std::nullopt;
+  if (!accepted_.count({s->slot, k, mech.type(), InitKeyHandle(request)})) return std::nullopt;
   s->kept[k] = request;
   s->state[k] = OpState::kActive;
   return Rv(CKR_OK);
 }
 
-std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest &request) {
+std::optional<v1::CallResponse> LocalAnswers::AnswerFindLocked(const v1::CallRequest& request) {
+  Session* s = FindLocked(request);
+  if (s == nullptr || !s->found.has_value()) return std::nullopt;
+  switch (FunctionOf(request)) {
+    case F::kFindObjectsInit:
+      return Rv(CKR_OPERATION_ACTIVE);
+    case F::kFindObjects: {
+      if (request.args_size() < 2) return std::nullopt;
+      v1::CallResponse r = Rv(CKR_OK);
+      auto* list = r.add_results()->mutable_ulongs();
+      while (!s->found->empty() &&
+             static_cast<uint64_t>(list->values_size()) < request.args(1).ulong()) {
+        list->add_values(s->found->front());
+        s->found->pop_front();
+      }
+      return r;
+    }
+    default:  // C_FindObjectsFinal
+      s->found.reset();
+      return Rv(CKR_OK);
+  }
+}
+
+std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest& request) {
   absl::MutexLock lock(&mu_);
   std::vector<v1::CallRequest> first;
   const F f = FunctionOf(request);
   if (f == F::kCloseAllSessions && request.args_size() > 0) {
     // Kept Inits die with their sessions; the agent never needs them.
-    for (auto &[h, s] : sessions_) {
-      if (s.slot == request.args(0).ulong())
-        s.kept = {};
+    for (auto& [h, s] : sessions_) {
+      if (s.slot == request.args(0).ulong()) s.kept = {};
     }
     return first;
   }
-  Session *s = FindLocked(request);
-  if (s == nullptr)
+  Session* s = FindLocked(request);
+  if (s == nullptr) return first;
+  if (f == F::kFindObjectsInit) {
+    request.set_find_prefetch(kFindPrefetch);
     return first;
+  }
   if (f == F::kCloseSession) {
     s->kept = {};
     return first;
@@ -191,20 +206,17 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest &request) {
     // context-specific login must reach the operation): every kept Init of
     // the slot reaches the agent first.
     const uint64_t slot = s->slot;
-    for (auto &[h, other] : sessions_) {
-      if (other.slot != slot)
-        continue;
-      for (auto &kept : other.kept) {
-        if (kept.has_value())
-          first.push_back(std::move(*kept));
+    for (auto& [h, other] : sessions_) {
+      if (other.slot != slot) continue;
+      for (auto& kept : other.kept) {
+        if (kept.has_value()) first.push_back(std::move(*kept));
         kept.reset();
       }
     }
     return first;
   }
   const std::optional<wire::OpRole> role = wire::OperationOf(f);
-  if (!role.has_value() || role->part == Part::kInit)
-    return first;
+  if (!role.has_value() || role->part == Part::kInit) return first;
   for (OpKind k : KindsOf(*role)) {
     if (s->kept[Index(k)].has_value()) {
       *request.add_carried_inits() = std::move(*s->kept[Index(k)]);
@@ -214,76 +226,76 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest &request) {
   return first;
 }
 
-void LocalAnswers::Learn(const v1::CallRequest &request,
-                         const absl::StatusOr<v1::CallResponse> &response) {
+void LocalAnswers::Learn(const v1::CallRequest& request,
+                         const absl::StatusOr<v1::CallResponse>& response) {
   absl::MutexLock lock(&mu_);
   // An answer under another instance than the one known here: the client
   // registered anew (the old handles are gone with the old instance).
-  if (request.instance_id() != instance_)
-    ResetLocked(request.instance_id());
+  if (request.instance_id() != instance_) ResetLocked(request.instance_id());
   const F f = FunctionOf(request);
   const std::optional<wire::OpRole> role = wire::OperationOf(f);
   if (!response.ok()) {
     // No answer: the agent may or may not have run the call.
-    if (f == F::kOpenSession || f == F::kCloseAllSessions)
-      return;
-    if (Session *s = FindLocked(request)) {
+    if (f == F::kOpenSession || f == F::kCloseAllSessions) return;
+    if (Session* s = FindLocked(request)) {
       if (role.has_value() || request.carried_inits_size() > 0) {
-        for (auto &st : s->state) {
-          if (st != OpState::kIdle)
-            st = OpState::kUnknown;
+        for (auto& st : s->state) {
+          if (st != OpState::kIdle) st = OpState::kUnknown;
         }
-        for (const auto &init : request.carried_inits()) {
+        for (const auto& init : request.carried_inits()) {
           if (auto r = wire::OperationOf(FunctionOf(init))) {
             s->state[Index(r->kind)] = OpState::kUnknown;
           }
         }
         if (role.has_value()) {
-          for (OpKind k : KindsOf(*role))
-            s->state[Index(k)] = OpState::kUnknown;
+          for (OpKind k : KindsOf(*role)) s->state[Index(k)] = OpState::kUnknown;
         }
       }
-      if (f == F::kCloseSession)
-        sessions_.erase(request.args(0).ulong());
+      if (f == F::kCloseSession) sessions_.erase(request.args(0).ulong());
     }
     return;
   }
-  const v1::CallResponse &resp = *response;
+  const v1::CallResponse& resp = *response;
   if (resp.epoch() > epoch_) {
     epoch_ = resp.epoch();
     accepted_.clear();
   }
   const uint64_t rv = resp.ck_rv();
   switch (f) {
-  case F::kOpenSession:
-    if (rv == CKR_OK && resp.results_size() > 0 &&
-        resp.results(0).has_ulong() && request.args_size() > 0) {
-      Session &s = sessions_[resp.results(0).ulong()];
-      s = Session{};
-      s.slot = request.args(0).ulong();
-    }
-    return;
-  case F::kCloseSession:
-    if (request.args_size() > 0)
-      sessions_.erase(request.args(0).ulong());
-    return;
-  case F::kCloseAllSessions:
-    for (auto it = sessions_.begin(); it != sessions_.end();) {
-      it = request.args_size() > 0 && it->second.slot == request.args(0).ulong()
-               ? sessions_.erase(it)
-               : std::next(it);
-    }
-    return;
-  default:
-    break;
+    case F::kOpenSession:
+      if (rv == CKR_OK && resp.results_size() > 0 && resp.results(0).has_ulong() &&
+          request.args_size() > 0) {
+        Session& s = sessions_[resp.results(0).ulong()];
+        s = Session{};
+        s.slot = request.args(0).ulong();
+      }
+      return;
+    case F::kCloseSession:
+      if (request.args_size() > 0) sessions_.erase(request.args(0).ulong());
+      return;
+    case F::kCloseAllSessions:
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        it = request.args_size() > 0 && it->second.slot == request.args(0).ulong()
+                 ? sessions_.erase(it)
+                 : std::next(it);
+      }
+      return;
+    default:
+      break;
   }
   if (Fixed(f)) {
-    if (rv == CKR_OK && fixed_.size() < kMaxFixed)
-      fixed_[FixedKey(request)] = resp;
+    if (rv == CKR_OK && fixed_.size() < kMaxFixed) fixed_[FixedKey(request)] = resp;
     return;
   }
-  if (!role.has_value())
+  if (f == F::kFindObjectsInit) {
+    Session* s = FindLocked(request);
+    if (s != nullptr && rv == CKR_OK && resp.results_size() > 0 && resp.results(0).has_ulongs()) {
+      const auto& values = resp.results(0).ulongs().values();
+      s->found.emplace(values.begin(), values.end());
+    }
     return;
+  }
+  if (!role.has_value()) return;
   if (role->part == Part::kInit) {
     LearnInitLocked(request, rv, resp.epoch());
     return;
@@ -292,100 +304,84 @@ void LocalAnswers::Learn(const v1::CallRequest &request,
   const int carried = request.carried_inits_size();
   const int done = carried > 0 ? static_cast<int>(resp.carried_done()) : 0;
   for (int i = 0; i < carried; ++i) {
-    const v1::CallRequest &init = request.carried_inits(i);
+    const v1::CallRequest& init = request.carried_inits(i);
     if (i < done) {
       LearnInitLocked(init, CKR_OK, resp.epoch());
     } else if (i == done) {
       LearnInitLocked(init, rv, resp.epoch());
-    } else if (Session *s = FindLocked(init)) {
-      if (auto r = wire::OperationOf(FunctionOf(init)))
-        s->state[Index(r->kind)] = OpState::kIdle;
+    } else if (Session* s = FindLocked(init)) {
+      if (auto r = wire::OperationOf(FunctionOf(init))) s->state[Index(r->kind)] = OpState::kIdle;
     }
   }
-  if (done < carried)
-    return;
+  if (done < carried) return;
   LearnOperationLocked(request, *role, rv);
 }
 
-void LocalAnswers::LearnSent(const v1::CallRequest &init,
-                             const absl::StatusOr<v1::CallResponse> &response) {
+void LocalAnswers::LearnSent(const v1::CallRequest& init,
+                             const absl::StatusOr<v1::CallResponse>& response) {
   const uint64_t rv = response.ok() ? response->ck_rv() : CKR_DEVICE_ERROR;
   if (rv == CKR_OK) {
     Learn(init, response);
     return;
   }
   absl::MutexLock lock(&mu_);
-  if (init.instance_id() != instance_)
-    return;
-  Session *s = FindLocked(init);
+  if (init.instance_id() != instance_) return;
+  Session* s = FindLocked(init);
   const std::optional<wire::OpRole> role = wire::OperationOf(FunctionOf(init));
-  if (s == nullptr || !role.has_value())
-    return;
+  if (s == nullptr || !role.has_value()) return;
   s->state[Index(role->kind)] = OpState::kIdle;
   s->refused[Index(role->kind)] = rv;
 }
 
-void LocalAnswers::LearnInitLocked(const v1::CallRequest &init, uint64_t rv,
-                                   uint64_t epoch) {
-  Session *s = FindLocked(init);
+void LocalAnswers::LearnInitLocked(const v1::CallRequest& init, uint64_t rv, uint64_t epoch) {
+  Session* s = FindLocked(init);
   const std::optional<wire::OpRole> role = wire::OperationOf(FunctionOf(init));
-  if (s == nullptr || !role.has_value())
-    return;
+  if (s == nullptr || !role.has_value()) return;
   const size_t k = Index(role->kind);
   switch (rv) {
-  case CKR_OK: {
-    s->state[k] = OpState::kActive;
-    if (epoch != epoch_ || init.args_size() < 2 ||
-        !init.args(1).has_mechanism())
+    case CKR_OK: {
+      s->state[k] = OpState::kActive;
+      if (epoch != epoch_ || init.args_size() < 2 || !init.args(1).has_mechanism()) break;
+      const v1::Mechanism& mech = init.args(1).mechanism();
+      if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET) break;
+      if (accepted_.size() >= kMaxAccepted) accepted_.clear();
+      accepted_.insert({s->slot, k, mech.type(), InitKeyHandle(init)});
       break;
-    const v1::Mechanism &mech = init.args(1).mechanism();
-    if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET)
+    }
+    case CKR_OPERATION_ACTIVE:
+      s->state[k] = OpState::kActive;
       break;
-    if (accepted_.size() >= kMaxAccepted)
-      accepted_.clear();
-    accepted_.insert({s->slot, k, mech.type(), InitKeyHandle(init)});
-    break;
-  }
-  case CKR_OPERATION_ACTIVE:
-    s->state[k] = OpState::kActive;
-    break;
-  // The agent checks "already active" before these (agent/handlers_crypto.cc
-  // RunInit): none leaves an operation active.
-  case CKR_MECHANISM_INVALID:
-  case CKR_MECHANISM_PARAM_INVALID:
-  case CKR_KEY_HANDLE_INVALID:
-  case CKR_KEY_TYPE_INCONSISTENT:
-  case CKR_KEY_FUNCTION_NOT_PERMITTED:
-    s->state[k] = OpState::kIdle;
-    break;
-  default:
-    s->state[k] = OpState::kUnknown;
-    break;
+    // The agent checks "already active" before these (agent/handlers_crypto.cc
+    // RunInit): none leaves an operation active.
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_KEY_TYPE_INCONSISTENT:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+      s->state[k] = OpState::kIdle;
+      break;
+    default:
+      s->state[k] = OpState::kUnknown;
+      break;
   }
 }
 
-void LocalAnswers::LearnOperationLocked(const v1::CallRequest &request,
-                                        const wire::OpRole &role, uint64_t rv) {
-  Session *s = FindLocked(request);
-  if (s == nullptr)
-    return;
-  if (rv == CKR_BUFFER_TOO_SMALL)
-    return; // the operation goes on
+void LocalAnswers::LearnOperationLocked(const v1::CallRequest& request, const wire::OpRole& role,
+                                        uint64_t rv) {
+  Session* s = FindLocked(request);
+  if (s == nullptr) return;
+  if (rv == CKR_BUFFER_TOO_SMALL) return;  // the operation goes on
   if (rv == CKR_OK) {
-    if (role.part == Part::kUpdate || LengthQuery(request))
-      return;
-    for (OpKind k : KindsOf(role))
-      s->state[Index(k)] = OpState::kIdle;
+    if (role.part == Part::kUpdate || LengthQuery(request)) return;
+    for (OpKind k : KindsOf(role)) s->state[Index(k)] = OpState::kIdle;
     return;
   }
   // An error ends this operation; the agent may end the session's others
   // with it (their member session is closed), so those become unknown.
-  for (auto &st : s->state) {
-    if (st != OpState::kIdle)
-      st = OpState::kUnknown;
+  for (auto& st : s->state) {
+    if (st != OpState::kIdle) st = OpState::kUnknown;
   }
-  for (OpKind k : KindsOf(role))
-    s->state[Index(k)] = OpState::kIdle;
+  for (OpKind k : KindsOf(role)) s->state[Index(k)] = OpState::kIdle;
 }
 
-} // namespace hsmux::module
+}  // namespace hsmux::module

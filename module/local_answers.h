@@ -12,6 +12,9 @@
 //   open with no operation of that kind: every error the spec gives C_*Init
 //   depends on exactly those facts, so the agent would answer CKR_OK again.
 //   The Init is then kept and carried with the operation's next call.
+// - a search: C_FindObjectsInit asks the agent for every match (up to
+//   kFindPrefetch); C_FindObjects and C_FindObjectsFinal are then answered
+//   here, so a search costs one round trip.
 //
 // Everything else, and every case of doubt, goes to the agent. The module
 // mirrors each session's operation state from the agent's answers; a state
@@ -21,6 +24,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -37,29 +41,26 @@
 namespace hsmux::module {
 
 class LocalAnswers {
-public:
+ public:
   // The answer to `request` without a round trip, if the module has one.
   // `instance` is the agent instance the module is registered as now (0:
   // none); everything learnt under another instance is forgotten first.
-  std::optional<v1::CallResponse> Answer(const v1::CallRequest &request,
-                                         uint64_t instance);
+  std::optional<v1::CallResponse> Answer(const v1::CallRequest& request, uint64_t instance);
 
   // Before `request` is sent: moves the session's kept Inits that this call
   // continues into request.carried_inits, and returns kept Inits that must
   // reach the agent first, on their own (before a login or logout).
-  std::vector<v1::CallRequest> Prepare(v1::CallRequest &request);
+  std::vector<v1::CallRequest> Prepare(v1::CallRequest& request);
 
   // After the agent answered `request` (sent as instance
   // request.instance_id()), or the transport failed: learns the operation state
   // and keepable answers.
-  void Learn(const v1::CallRequest &request,
-             const absl::StatusOr<v1::CallResponse> &response);
+  void Learn(const v1::CallRequest& request, const absl::StatusOr<v1::CallResponse>& response);
   // The same for a kept Init sent on its own (from Prepare): the caller had
   // CKR_OK for it already, so a refusal is kept for the operation's next call.
-  void LearnSent(const v1::CallRequest &init,
-                 const absl::StatusOr<v1::CallResponse> &response);
+  void LearnSent(const v1::CallRequest& init, const absl::StatusOr<v1::CallResponse>& response);
 
-private:
+ private:
   enum class OpState { kIdle, kActive, kUnknown };
   struct Session {
     uint64_t slot = 0;
@@ -69,21 +70,24 @@ private:
     // A kept Init the agent refused when it had to be sent on its own: the
     // next call of that kind answers this.
     std::array<uint64_t, wire::kOpKinds> refused{};
+    // A search the agent answered in full at C_FindObjectsInit: the handles
+    // C_FindObjects has not returned yet.
+    std::optional<std::deque<uint64_t>> found;
   };
   // (slot, operation kind, mechanism type, key handle or 0).
   using InitKey = std::tuple<uint64_t, size_t, uint64_t, uint64_t>;
 
   void ResetLocked(uint64_t instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<v1::CallResponse>
-  AnswerInitLocked(const v1::CallRequest &request, const wire::OpRole &role)
+  std::optional<v1::CallResponse> AnswerInitLocked(const v1::CallRequest& request,
+                                                   const wire::OpRole& role)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void LearnInitLocked(const v1::CallRequest &init, uint64_t rv, uint64_t epoch)
+  std::optional<v1::CallResponse> AnswerFindLocked(const v1::CallRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void LearnOperationLocked(const v1::CallRequest &request,
-                            const wire::OpRole &role, uint64_t rv)
+  void LearnInitLocked(const v1::CallRequest& init, uint64_t rv, uint64_t epoch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Session *FindLocked(const v1::CallRequest &request)
+  void LearnOperationLocked(const v1::CallRequest& request, const wire::OpRole& role, uint64_t rv)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Session* FindLocked(const v1::CallRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   uint64_t instance_ ABSL_GUARDED_BY(mu_) = 0;
@@ -94,4 +98,4 @@ private:
   std::map<std::string, v1::CallResponse> fixed_ ABSL_GUARDED_BY(mu_);
 };
 
-} // namespace hsmux::module
+}  // namespace hsmux::module

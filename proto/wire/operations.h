@@ -11,15 +11,7 @@
 
 namespace hsmux::wire {
 
-enum class OpKind {
-  kEncrypt,
-  kDecrypt,
-  kDigest,
-  kSign,
-  kVerify,
-  kSignRecover,
-  kVerifyRecover
-};
+enum class OpKind { kEncrypt, kDecrypt, kDigest, kSign, kVerify, kSignRecover, kVerifyRecover };
 inline constexpr size_t kOpKinds = 7;
 
 enum class Part { kInit, kSingle, kUpdate, kFinal };
@@ -37,4 +29,4 @@ std::optional<OpRole> OperationOf(F f);
 // The C_*Init of a kind.
 F InitOf(OpKind kind);
 
-} // namespace hsmux::wire
+}  // namespace hsmux::wire

@@ -5,6 +5,7 @@
 // that no error moves from C_*Init to the call after it.
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "functions_util.h"
@@ -13,10 +14,9 @@ namespace hsmux::testing {
 namespace {
 
 class LocalAnswersTest : public P11Test {
-protected:
+ protected:
   void SetUp() override {
-    stats_ = Env("HSMUX_TEST_DIR") + "/local-answers-stats-" +
-             std::to_string(::getpid()) + ".json";
+    stats_ = Env("HSMUX_TEST_DIR") + "/local-answers-stats-" + std::to_string(::getpid()) + ".json";
     ::setenv("HSMUX_STATS_FILE", stats_.c_str(), 1);
     P11Test::SetUp();
   }
@@ -35,18 +35,15 @@ protected:
     text << in.rdbuf();
     const std::string s = text.str();
     const size_t at = s.find("\"round_trips\":");
-    if (at == std::string::npos)
-      return -1;
+    if (at == std::string::npos) return -1;
     return std::atol(s.c_str() + at + 14);
   }
 
   // ECDSA over a fixed hash; the signature, or empty on an error (rv_out).
-  Bytes SignOnce(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_RV *init_rv,
-                 CK_RV *sign_rv) {
+  Bytes SignOnce(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_RV* init_rv, CK_RV* sign_rv) {
     CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
     *init_rv = p->C_SignInit(s, &m, key);
-    if (*init_rv != CKR_OK)
-      return {};
+    if (*init_rv != CKR_OK) return {};
     Bytes sig(64);
     CK_ULONG n = sig.size();
     *sign_rv = p->C_Sign(s, kHash.data(), kHash.size(), sig.data(), &n);
@@ -55,10 +52,8 @@ protected:
   }
   bool Verifies(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, Bytes sig) {
     CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
-    if (p->C_VerifyInit(s, &m, pub) != CKR_OK)
-      return false;
-    return p->C_Verify(s, kHash.data(), kHash.size(), sig.data(), sig.size()) ==
-           CKR_OK;
+    if (p->C_VerifyInit(s, &m, pub) != CKR_OK) return false;
+    return p->C_Verify(s, kHash.data(), kHash.size(), sig.data(), sig.size()) == CKR_OK;
   }
 
   Bytes kHash = ToBytes("0123456789abcdef0123456789abcdef");
@@ -73,15 +68,13 @@ TEST_F(LocalAnswersTest, SignCostsOneRoundTripOnceTheAgentAcceptedTheInit) {
   Bytes first = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
   ASSERT_EQ(RvStr(init_rv), RvStr(CKR_OK));
   ASSERT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
-  EXPECT_EQ(RoundTrips() - before, 2)
-      << "first use: C_SignInit and C_Sign each go to the agent";
+  EXPECT_EQ(RoundTrips() - before, 2) << "first use: C_SignInit and C_Sign each go to the agent";
   for (int i = 0; i < 5; ++i) {
     before = RoundTrips();
     Bytes sig = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
     ASSERT_EQ(RvStr(init_rv), RvStr(CKR_OK));
     ASSERT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
-    EXPECT_EQ(RoundTrips() - before, 1)
-        << "C_SignInit answered here, carried with C_Sign";
+    EXPECT_EQ(RoundTrips() - before, 1) << "C_SignInit answered here, carried with C_Sign";
     EXPECT_TRUE(Verifies(s->h(), kp.pub, sig)) << "signature " << i;
   }
   // Digests the same way: the mechanism is all C_DigestInit depends on.
@@ -91,39 +84,32 @@ TEST_F(LocalAnswersTest, SignCostsOneRoundTripOnceTheAgentAcceptedTheInit) {
     ASSERT_EQ(p->C_DigestInit(s->h(), &sha), CKR_OK);
     Bytes d(32);
     CK_ULONG n = d.size();
-    ASSERT_EQ(p->C_Digest(s->h(), kHash.data(), kHash.size(), d.data(), &n),
-              CKR_OK);
+    ASSERT_EQ(p->C_Digest(s->h(), kHash.data(), kHash.size(), d.data(), &n), CKR_OK);
     EXPECT_EQ(n, 32u);
     EXPECT_EQ(RoundTrips() - before, i == 0 ? 2 : 1) << "digest " << i;
   }
 }
 
-TEST_F(LocalAnswersTest,
-       SecondInitWhileKeptIsOperationActiveAndTheFirstGoesOn) {
+TEST_F(LocalAnswersTest, SecondInitWhileKeptIsOperationActiveAndTheFirstGoesOn) {
   auto s = UserSession();
   KeyPair kp = GenEc(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv); // the agent accepts it once
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);  // the agent accepts it once
   ASSERT_EQ(sign_rv, CKR_OK);
   CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
   const long before = RoundTrips();
   ASSERT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)), RvStr(CKR_OK));
-  EXPECT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)),
-            RvStr(CKR_OPERATION_ACTIVE));
+  EXPECT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)), RvStr(CKR_OPERATION_ACTIVE));
   EXPECT_EQ(RoundTrips() - before, 0);
   // A length query keeps the operation; the real call ends it.
   CK_ULONG n = 0;
-  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n)),
-            RvStr(CKR_OK));
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n)), RvStr(CKR_OK));
   EXPECT_EQ(n, 64u);
   Bytes sig(n);
-  ASSERT_EQ(
-      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
-      RvStr(CKR_OK));
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)), RvStr(CKR_OK));
   EXPECT_TRUE(Verifies(s->h(), kp.pub, sig));
-  EXPECT_EQ(
-      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
-      RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+            RvStr(CKR_OPERATION_NOT_INITIALIZED));
 }
 
 TEST_F(LocalAnswersTest, ArgumentErrorEndsAKeptOperationWithoutARoundTrip) {
@@ -136,14 +122,12 @@ TEST_F(LocalAnswersTest, ArgumentErrorEndsAKeptOperationWithoutARoundTrip) {
   const long before = RoundTrips();
   ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
   Bytes sig(64);
-  EXPECT_EQ(
-      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), nullptr)),
-      RvStr(CKR_ARGUMENTS_BAD));
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), nullptr)),
+            RvStr(CKR_ARGUMENTS_BAD));
   EXPECT_EQ(RoundTrips() - before, 0);
   CK_ULONG n = sig.size();
-  EXPECT_EQ(
-      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
-      RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+            RvStr(CKR_OPERATION_NOT_INITIALIZED));
   // And the next operation works.
   Bytes again = SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
   EXPECT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
@@ -161,8 +145,7 @@ TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
   // Usage switched off: CKR_KEY_FUNCTION_NOT_PERMITTED at Init.
   Attrs off;
   off.Bool(CKA_SIGN, false);
-  ASSERT_EQ(p->C_SetAttributeValue(s->h(), kp.priv, off.data(), off.size()),
-            CKR_OK);
+  ASSERT_EQ(p->C_SetAttributeValue(s->h(), kp.priv, off.data(), off.size()), CKR_OK);
   SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
   EXPECT_EQ(RvStr(init_rv), RvStr(CKR_KEY_FUNCTION_NOT_PERMITTED));
   // Destroyed: CKR_KEY_HANDLE_INVALID at Init.
@@ -174,7 +157,7 @@ TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
   EXPECT_EQ(RvStr(init_rv), RvStr(CKR_KEY_HANDLE_INVALID));
   // Another session's operation state is its own: a kept Init there does
   // not make this one's Init "active".
-  Session s2(p, true); // the instance is logged in already
+  Session s2(p, true);  // the instance is logged in already
   KeyPair third = GenEc(s->h());
   SignOnce(s->h(), third.priv, &init_rv, &sign_rv);
   ASSERT_EQ(sign_rv, CKR_OK);
@@ -183,13 +166,9 @@ TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
   EXPECT_EQ(RvStr(p->C_SignInit(s2.h(), &m, third.priv)), RvStr(CKR_OK));
   Bytes sig(64);
   CK_ULONG n = sig.size();
-  EXPECT_EQ(
-      RvStr(p->C_Sign(s2.h(), kHash.data(), kHash.size(), sig.data(), &n)),
-      RvStr(CKR_OK));
+  EXPECT_EQ(RvStr(p->C_Sign(s2.h(), kHash.data(), kHash.size(), sig.data(), &n)), RvStr(CKR_OK));
   n = sig.size();
-  EXPECT_EQ(
-      RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
-      RvStr(CKR_OK));
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)), RvStr(CKR_OK));
 }
 
 TEST_F(LocalAnswersTest, LogoutAndCloseAreSeenBeforeTheNextInit) {
@@ -204,18 +183,16 @@ TEST_F(LocalAnswersTest, LogoutAndCloseAreSeenBeforeTheNextInit) {
   ASSERT_EQ(p->C_Logout(s->h()), CKR_OK);
   // Not logged in: the private key is not visible to C_SignInit.
   SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
-  EXPECT_NE(RvStr(init_rv), RvStr(CKR_OK))
-      << "the module reused an answer from before the logout";
+  EXPECT_NE(RvStr(init_rv), RvStr(CKR_OK)) << "the module reused an answer from before the logout";
   // A closed session is CKR_SESSION_HANDLE_INVALID at Init.
-  auto s2 = UserSession(); // logs in again (the logout above)
+  auto s2 = UserSession();  // logs in again (the logout above)
   KeyPair kp2 = GenEc(s2->h());
   SignOnce(s2->h(), kp2.priv, &init_rv, &sign_rv);
   ASSERT_EQ(sign_rv, CKR_OK);
   const CK_SESSION_HANDLE gone = s2->h();
   ASSERT_EQ(s->Close(), CKR_OK);
   ASSERT_EQ(s2->Close(), CKR_OK);
-  EXPECT_EQ(RvStr(p->C_SignInit(gone, &m, kp2.priv)),
-            RvStr(CKR_SESSION_HANDLE_INVALID));
+  EXPECT_EQ(RvStr(p->C_SignInit(gone, &m, kp2.priv)), RvStr(CKR_SESSION_HANDLE_INVALID));
 }
 
 TEST_F(LocalAnswersTest, StaticInformationIsKeptAndTokenInfoIsNot) {
@@ -233,12 +210,9 @@ TEST_F(LocalAnswersTest, StaticInformationIsKeptAndTokenInfoIsNot) {
   EXPECT_EQ(info.flags, again.flags);
   EXPECT_EQ(info.ulMinKeySize, again.ulMinKeySize);
   EXPECT_EQ(info.ulMaxKeySize, again.ulMaxKeySize);
-  EXPECT_EQ(RvStr(p->C_GetMechanismInfo(kSlot, 0x7ffffff0, &again)),
-            RvStr(CKR_MECHANISM_INVALID));
-  EXPECT_EQ(RvStr(p->C_GetMechanismList(kSlot, list.data(), nullptr)),
-            RvStr(CKR_ARGUMENTS_BAD));
-  EXPECT_EQ(RoundTrips() - before, 1)
-      << "only the unknown mechanism went to the agent";
+  EXPECT_EQ(RvStr(p->C_GetMechanismInfo(kSlot, 0x7ffffff0, &again)), RvStr(CKR_MECHANISM_INVALID));
+  EXPECT_EQ(RvStr(p->C_GetMechanismList(kSlot, list.data(), nullptr)), RvStr(CKR_ARGUMENTS_BAD));
+  EXPECT_EQ(RoundTrips() - before, 1) << "only the unknown mechanism went to the agent";
   // Token info carries counters and flags that change: always asked.
   CK_TOKEN_INFO ti;
   before = RoundTrips();
@@ -249,5 +223,41 @@ TEST_F(LocalAnswersTest, StaticInformationIsKeptAndTokenInfoIsNot) {
   EXPECT_EQ(ti.ulSessionCount, sessions + 1);
 }
 
-} // namespace
-} // namespace hsmux::testing
+TEST_F(LocalAnswersTest, ASearchCostsOneRoundTrip) {
+  auto s = UserSession();
+  const std::string label = UniqueLabel("find");
+  for (int i = 0; i < 5; ++i) CreateData(s->h(), label, false, false, "v" + std::to_string(i));
+  Attrs t;
+  t.Str(CKA_LABEL, label);
+  const long before = RoundTrips();
+  ASSERT_EQ(p->C_FindObjectsInit(s->h(), t.data(), t.size()), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_FindObjectsInit(s->h(), t.data(), t.size())), RvStr(CKR_OPERATION_ACTIVE));
+  std::set<CK_OBJECT_HANDLE> seen;
+  CK_OBJECT_HANDLE batch[2];
+  CK_ULONG got = 0;
+  do {
+    ASSERT_EQ(p->C_FindObjects(s->h(), batch, 2, &got), CKR_OK);
+    EXPECT_LE(got, 2u);
+    seen.insert(batch, batch + got);
+  } while (got > 0);
+  EXPECT_EQ(RvStr(p->C_FindObjects(s->h(), batch, 2, nullptr)), RvStr(CKR_ARGUMENTS_BAD));
+  ASSERT_EQ(p->C_FindObjectsFinal(s->h()), CKR_OK);
+  EXPECT_EQ(RoundTrips() - before, 1);
+  EXPECT_EQ(seen.size(), 5u);
+  for (CK_OBJECT_HANDLE h : seen) EXPECT_EQ(Attr(s->h(), h, CKA_LABEL), ToBytes(label));
+  EXPECT_EQ(RvStr(p->C_FindObjects(s->h(), batch, 2, &got)), RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  EXPECT_EQ(RvStr(p->C_FindObjectsFinal(s->h())), RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  // A search on another session is its own; closing a session ends its search.
+  Session other(p, false);
+  ASSERT_EQ(p->C_FindObjectsInit(s->h(), t.data(), t.size()), CKR_OK);
+  ASSERT_EQ(p->C_FindObjectsInit(other.h(), t.data(), t.size()), CKR_OK);
+  ASSERT_EQ(p->C_FindObjects(other.h(), batch, 2, &got), CKR_OK);
+  EXPECT_EQ(got, 2u);
+  ASSERT_EQ(other.Close(), CKR_OK);
+  ASSERT_EQ(p->C_FindObjects(s->h(), batch, 1, &got), CKR_OK);
+  EXPECT_EQ(got, 1u);
+  ASSERT_EQ(p->C_FindObjectsFinal(s->h()), CKR_OK);
+}
+
+}  // namespace
+}  // namespace hsmux::testing
