@@ -51,6 +51,8 @@ class CallContext {
   absl::StatusOr<const v1::AttributeQueryList*> Queries(int i) const;
   absl::StatusOr<const v1::Mechanism*> Mechanism(int i) const;
 
+  // The whole answer, for fields beside the results (found_attributes).
+  v1::CallResponse& response() { return response_; }
   // Results, appended in the order of the function's output parameters.
   v1::Value* AddResult() { return response_.add_results(); }
   void AddUlong(uint64_t v) { AddResult()->set_ulong(v); }

@@ -595,6 +595,33 @@ CK_RV FindTokenObjects(CallContext& ctx, uint64_t slot, Group& group,
 
 }  // namespace
 
+// A search that finds at most this many objects answers their attributes
+// too (a keystore load reads them next): one round trip in all.
+constexpr size_t kFoundAttributesMax = 64;
+
+// The registry's answers for every kept attribute of each token object found,
+// as C_GetAttributeValue would give them (AnswerFromRegistry): the module
+// answers later reads of them itself while the view epoch holds.
+void AddFoundAttributes(CallContext& ctx, Group& group,
+                        const std::vector<std::pair<uint64_t, uint64_t>>& found) {
+  v1::AttributeQueryList queries;
+  for (CK_ATTRIBUTE_TYPE t : CachedTypes()) {
+    if (t == CKA_VALUE || wire::KindOf(t) == wire::AttributeKind::kTemplate) continue;
+    auto* q = queries.add_queries();
+    q->set_type(t);
+    q->set_want_value(true);
+  }
+  for (const auto& [handle, id] : found) {
+    auto obj = group.registry().Get(id);
+    if (obj == nullptr) continue;
+    v1::ObjectAttributes out;
+    if (!AnswerFromRegistry(*obj, queries, out.mutable_answers())) continue;
+    out.set_handle(handle);
+    for (const auto& q : queries.queries()) out.add_types(q.type());
+    *ctx.response().add_found_attributes() = std::move(out);
+  }
+}
+
 CK_RV FindObjectsInit(CallContext& ctx) {
   ASSIGN_OR_RV(auto session, ctx.Session());
   ASSIGN_OR_RV(const v1::AttributeList* given, ctx.Attributes(1));
@@ -605,6 +632,7 @@ CK_RV FindObjectsInit(CallContext& ctx) {
   ASSIGN_OR_RV(wire::NativeTemplate check, wire::NativeTemplate::Decode(tmpl));
   (void)check;
   std::vector<uint64_t> results;
+  std::vector<std::pair<uint64_t, uint64_t>> token_found;  // (handle, logical id)
   const bool logged_in = ctx.LoggedIn(session->slot_id);
   bool none = false;
   if (!logged_in) {
@@ -620,7 +648,10 @@ CK_RV FindObjectsInit(CallContext& ctx) {
         rv != CKR_OK) {
       return rv;
     }
-    for (uint64_t id : ids) results.push_back(ctx.MapLogical(id));
+    for (uint64_t id : ids) {
+      results.push_back(ctx.MapLogical(id));
+      token_found.emplace_back(results.back(), id);
+    }
   }
   if (!none && (!token.has_value() || !*token)) {
     // Session objects: each member shows the agent's, of every client; only
@@ -652,6 +683,7 @@ CK_RV FindObjectsInit(CallContext& ctx) {
     // The module keeps the search (docs/decisions/0010): one round trip.
     auto* list = ctx.AddResult()->mutable_ulongs();
     for (uint64_t h : results) list->add_values(h);
+    if (results.size() <= kFoundAttributesMax) AddFoundAttributes(ctx, group, token_found);
     return CKR_OK;
   }
   session->find_active = true;

@@ -1,5 +1,8 @@
 #include "local_answers.h"
 
+#include <openssl/crypto.h>
+
+#include "wire/attribute_kinds.h"
 #include "wire/cryptoki.h"
 #include "wire/function_table.h"
 
@@ -16,6 +19,7 @@ constexpr size_t kMaxFixed = 1024;
 // Searches with more matches than this stay on the agent (C_FindObjects
 // pages through them there).
 constexpr uint32_t kFindPrefetch = 1024;
+constexpr size_t kMaxFoundObjects = 4096;
 
 F FunctionOf(const v1::CallRequest& r) { return static_cast<F>(r.function()); }
 
@@ -62,6 +66,39 @@ v1::CallResponse Rv(uint64_t rv) {
 
 size_t Index(OpKind k) { return static_cast<size_t>(k); }
 
+// C_GetAttributeValue's object and attribute types: what a kept answer is
+// for. Empty when the call is not one whose length query may be sent as a
+// fetch (nested templates and mechanism lists are sized by the caller).
+std::string AttributesKey(const v1::CallRequest& r) {
+  if (r.args_size() < 3 || !r.args(1).has_ulong() || !r.args(2).has_queries()) return {};
+  std::string key = std::to_string(r.args(1).ulong());
+  for (const v1::AttributeQuery& q : r.args(2).queries().queries()) {
+    switch (wire::KindOf(q.type())) {
+      case wire::AttributeKind::kTemplate:
+      case wire::AttributeKind::kMechanisms:
+        return {};
+      default:
+        break;
+    }
+    key += "," + std::to_string(q.type());
+  }
+  return key;
+}
+
+// Attribute values can be key material (a non-sensitive secret's CKA_VALUE).
+void Zero(v1::CallResponse& r) {
+  for (v1::Value& v : *r.mutable_results()) {
+    if (!v.has_answers()) continue;
+    for (v1::AttributeAnswer& a : *v.mutable_answers()->mutable_answers()) {
+      if (a.has_value() && a.value().has_bytes()) {
+        std::string* b = a.mutable_value()->mutable_bytes();
+        OPENSSL_cleanse(b->data(), b->size());
+      }
+    }
+  }
+  r.Clear();
+}
+
 // The kinds a call continues: one, or two for a dual-function update.
 std::vector<OpKind> KindsOf(const wire::OpRole& role) {
   std::vector<OpKind> kinds{role.kind};
@@ -85,10 +122,30 @@ uint64_t InitKeyHandle(const v1::CallRequest& init) {
 
 }  // namespace
 
+void LocalAnswers::DropAttributesLocked() {
+  for (auto& [h, s] : sessions_) {
+    if (s.attributes.has_value()) Zero(*s.attributes);
+    s.attributes.reset();
+  }
+}
+
+std::map<uint64_t, LocalAnswers::Session>::iterator LocalAnswers::EraseLocked(
+    std::map<uint64_t, Session>::iterator it) {
+  if (it->second.attributes.has_value()) Zero(*it->second.attributes);
+  return sessions_.erase(it);
+}
+
+void LocalAnswers::EraseLocked(uint64_t session) {
+  auto it = sessions_.find(session);
+  if (it != sessions_.end()) EraseLocked(it);
+}
+
 void LocalAnswers::ResetLocked(uint64_t instance) {
+  DropAttributesLocked();
   instance_ = instance;
   sessions_.clear();
   accepted_.clear();
+  found_attributes_.clear();
   fixed_.clear();
 }
 
@@ -115,6 +172,7 @@ std::optional<v1::CallResponse> LocalAnswers::Answer(const v1::CallRequest& requ
   if (f == F::kFindObjectsInit || f == F::kFindObjects || f == F::kFindObjectsFinal) {
     return AnswerFindLocked(request);
   }
+  if (f == F::kGetAttributeValue) return AnswerAttributesLocked(request);
   const std::optional<wire::OpRole> role = wire::OperationOf(f);
   if (!role.has_value()) return std::nullopt;
   Session* s = FindLocked(request);
@@ -136,6 +194,35 @@ std::optional<v1::CallResponse> LocalAnswers::Answer(const v1::CallRequest& requ
     s->state[Index(role->kind)] = OpState::kIdle;
     return Rv(request.local_error());
   }
+  return std::nullopt;
+}
+
+std::optional<v1::CallResponse> LocalAnswers::AnswerAttributesLocked(
+    const v1::CallRequest& request) {
+  Session* s = FindLocked(request);
+  if (s == nullptr || request.args_size() < 3 || !request.args(2).has_queries()) {
+    return std::nullopt;
+  }
+  if (auto it = found_attributes_.find(request.args(1).ulong()); it != found_attributes_.end()) {
+    v1::CallResponse r = Rv(CKR_OK);
+    auto* answers = r.add_results()->mutable_answers();
+    bool all = true;
+    for (const v1::AttributeQuery& q : request.args(2).queries().queries()) {
+      auto a = it->second.find(q.type());
+      if (a == it->second.end()) {
+        all = false;
+        break;
+      }
+      *answers->add_answers() = a->second;
+    }
+    if (all) return r;
+  }
+  // The fetch after a length query: the answer kept from it, used once.
+  if (!s->attributes.has_value()) return std::nullopt;
+  std::optional<v1::CallResponse> kept;
+  kept.swap(s->attributes);
+  if (s->attributes_key == AttributesKey(request)) return kept;
+  Zero(*kept);
   return std::nullopt;
 }
 
@@ -197,6 +284,13 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest& request) {
     request.set_find_prefetch(kFindPrefetch);
     return first;
   }
+  if (f == F::kGetAttributeValue && !AttributesKey(request).empty()) {
+    // Ask for the values too: the fetch after a length query is then local.
+    for (auto& q : *request.mutable_args(2)->mutable_queries()->mutable_queries()) {
+      q.set_want_value(true);
+    }
+    return first;
+  }
   if (f == F::kCloseSession) {
     s->kept = {};
     return first;
@@ -251,7 +345,7 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
           for (OpKind k : KindsOf(*role)) s->state[Index(k)] = OpState::kUnknown;
         }
       }
-      if (f == F::kCloseSession) sessions_.erase(request.args(0).ulong());
+      if (f == F::kCloseSession) EraseLocked(request.args(0).ulong());
     }
     return;
   }
@@ -259,6 +353,8 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
   if (resp.epoch() > epoch_) {
     epoch_ = resp.epoch();
     accepted_.clear();
+    found_attributes_.clear();
+    DropAttributesLocked();
   }
   const uint64_t rv = resp.ck_rv();
   switch (f) {
@@ -271,13 +367,12 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
       }
       return;
     case F::kCloseSession:
-      if (request.args_size() > 0) sessions_.erase(request.args(0).ulong());
+      if (request.args_size() > 0) EraseLocked(request.args(0).ulong());
       return;
     case F::kCloseAllSessions:
       for (auto it = sessions_.begin(); it != sessions_.end();) {
-        it = request.args_size() > 0 && it->second.slot == request.args(0).ulong()
-                 ? sessions_.erase(it)
-                 : std::next(it);
+        it = request.args_size() > 0 && it->second.slot == request.args(0).ulong() ? EraseLocked(it)
+                                                                                   : std::next(it);
       }
       return;
     default:
@@ -287,11 +382,30 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
     if (rv == CKR_OK && fixed_.size() < kMaxFixed) fixed_[FixedKey(request)] = resp;
     return;
   }
+  if (f == F::kGetAttributeValue) {
+    Session* s = FindLocked(request);
+    const std::string key = AttributesKey(request);
+    if (s == nullptr || rv != CKR_OK || key.empty() || resp.epoch() != epoch_) return;
+    if (s->attributes.has_value()) Zero(*s->attributes);
+    s->attributes = resp;
+    s->attributes_key = key;
+    return;
+  }
   if (f == F::kFindObjectsInit) {
     Session* s = FindLocked(request);
     if (s != nullptr && rv == CKR_OK && resp.results_size() > 0 && resp.results(0).has_ulongs()) {
       const auto& values = resp.results(0).ulongs().values();
       s->found.emplace(values.begin(), values.end());
+      if (resp.epoch() != epoch_) return;
+      if (found_attributes_.size() + resp.found_attributes_size() > kMaxFoundObjects) {
+        found_attributes_.clear();
+      }
+      for (const v1::ObjectAttributes& o : resp.found_attributes()) {
+        if (o.types_size() != o.answers().answers_size()) continue;
+        auto& kept = found_attributes_[o.handle()];
+        kept.clear();
+        for (int i = 0; i < o.types_size(); ++i) kept[o.types(i)] = o.answers().answers(i);
+      }
     }
     return;
   }

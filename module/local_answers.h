@@ -12,9 +12,14 @@
 //   open with no operation of that kind: every error the spec gives C_*Init
 //   depends on exactly those facts, so the agent would answer CKR_OK again.
 //   The Init is then kept and carried with the operation's next call.
+// - a length query of attributes: C_GetAttributeValue with NULL values is
+//   sent as a fetch of the values, and the fetch of the same attributes of
+//   the same object that follows is answered from it (one round trip);
 // - a search: C_FindObjectsInit asks the agent for every match (up to
 //   kFindPrefetch); C_FindObjects and C_FindObjectsFinal are then answered
-//   here, so a search costs one round trip.
+//   here, so a search costs one round trip; when it found few objects,
+//   their registry-kept attributes came with it and C_GetAttributeValue of
+//   those is answered here until the view epoch moves.
 //
 // Everything else, and every case of doubt, goes to the agent. The module
 // mirrors each session's operation state from the agent's answers; a state
@@ -73,13 +78,26 @@ class LocalAnswers {
     // A search the agent answered in full at C_FindObjectsInit: the handles
     // C_FindObjects has not returned yet.
     std::optional<std::deque<uint64_t>> found;
+    // The last C_GetAttributeValue answer with every value (a length query
+    // is sent as a fetch), for the fetch that follows it: request key and
+    // answer. Used once, zeroed when dropped.
+    std::string attributes_key;
+    std::optional<v1::CallResponse> attributes;
   };
   // (slot, operation kind, mechanism type, key handle or 0).
   using InitKey = std::tuple<uint64_t, size_t, uint64_t, uint64_t>;
 
   void ResetLocked(uint64_t instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets a session, zeroing what it kept.
+  std::map<uint64_t, Session>::iterator EraseLocked(std::map<uint64_t, Session>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops (and zeroes) every session's kept attribute answer.
+  void DropAttributesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<v1::CallResponse> AnswerInitLocked(const v1::CallRequest& request,
                                                    const wire::OpRole& role)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<v1::CallResponse> AnswerAttributesLocked(const v1::CallRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<v1::CallResponse> AnswerFindLocked(const v1::CallRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -94,6 +112,10 @@ class LocalAnswers {
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::set<InitKey> accepted_ ABSL_GUARDED_BY(mu_);
+  // Attributes of objects a search found, as the agent answered them with it
+  // (CallResponse.found_attributes): object handle -> type -> answer.
+  std::map<uint64_t, std::map<uint64_t, v1::AttributeAnswer>> found_attributes_
+      ABSL_GUARDED_BY(mu_);
   // Static answers by request (function and arguments, serialised).
   std::map<std::string, v1::CallResponse> fixed_ ABSL_GUARDED_BY(mu_);
 };

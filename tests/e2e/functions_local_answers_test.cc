@@ -259,5 +259,91 @@ TEST_F(LocalAnswersTest, ASearchCostsOneRoundTrip) {
   ASSERT_EQ(p->C_FindObjectsFinal(s->h()), CKR_OK);
 }
 
+TEST_F(LocalAnswersTest, ALengthQueryAndItsFetchCostOneRoundTrip) {
+  auto s = UserSession();
+  const std::string label = UniqueLabel("attrs");
+  CK_OBJECT_HANDLE obj = CreateData(s->h(), label, false, false, "first value");
+  CK_ATTRIBUTE q[2] = {{CKA_LABEL, nullptr, 0}, {CKA_VALUE, nullptr, 0}};
+  long before = RoundTrips();
+  ASSERT_EQ(p->C_GetAttributeValue(s->h(), obj, q, 2), CKR_OK);
+  ASSERT_EQ(q[0].ulValueLen, label.size());
+  ASSERT_EQ(q[1].ulValueLen, 11u);
+  std::string l(q[0].ulValueLen, '\0'), v(q[1].ulValueLen, '\0');
+  q[0].pValue = l.data();
+  q[1].pValue = v.data();
+  ASSERT_EQ(p->C_GetAttributeValue(s->h(), obj, q, 2), CKR_OK);
+  EXPECT_EQ(l, label);
+  EXPECT_EQ(v, "first value");
+  EXPECT_EQ(RoundTrips() - before, 1);
+  // Too small a buffer: the spec's answer, from the agent.
+  CK_BYTE tiny[2];
+  CK_ATTRIBUTE small = {CKA_VALUE, tiny, sizeof(tiny)};
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), obj, &small, 1)), RvStr(CKR_BUFFER_TOO_SMALL));
+  EXPECT_EQ(small.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+  // A change between the query and the fetch is seen by the fetch.
+  CK_ATTRIBUTE len = {CKA_LABEL, nullptr, 0};
+  ASSERT_EQ(p->C_GetAttributeValue(s->h(), obj, &len, 1), CKR_OK);
+  Attrs change;
+  change.Str(CKA_LABEL, label + "-renamed");
+  ASSERT_EQ(p->C_SetAttributeValue(s->h(), obj, change.data(), change.size()), CKR_OK);
+  std::string big(128, '\0');
+  CK_ATTRIBUTE fetch = {CKA_LABEL, big.data(), big.size()};
+  ASSERT_EQ(p->C_GetAttributeValue(s->h(), obj, &fetch, 1), CKR_OK);
+  EXPECT_EQ(big.substr(0, fetch.ulValueLen), label + "-renamed");
+  // A sensitive attribute stays unavailable whichever way it is asked.
+  CK_OBJECT_HANDLE aes = GenAes(s->h());
+  CK_ATTRIBUTE secret = {CKA_VALUE, nullptr, 0};
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), aes, &secret, 1)), RvStr(CKR_ATTRIBUTE_SENSITIVE));
+  EXPECT_EQ(secret.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+}
+
+TEST_F(LocalAnswersTest, TokenObjectsFoundBringTheirAttributes) {
+  auto s = UserSession();
+  const std::string label = UniqueLabel("found-attrs");
+  CK_OBJECT_HANDLE made = CreateData(s->h(), label, true, false, "token value");
+  auto found = FindByLabel(s->h(), label);
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(found[0], made);
+  long before = RoundTrips();
+  CK_OBJECT_CLASS cls = 0;
+  CK_BBOOL token = CK_FALSE;
+  std::string l(label.size(), '\0');
+  CK_ATTRIBUTE q[3] = {{CKA_CLASS, &cls, sizeof(cls)},
+                       {CKA_TOKEN, &token, sizeof(token)},
+                       {CKA_LABEL, l.data(), l.size()}};
+  ASSERT_EQ(p->C_GetAttributeValue(s->h(), made, q, 3), CKR_OK);
+  EXPECT_EQ(cls, static_cast<CK_OBJECT_CLASS>(CKO_DATA));
+  EXPECT_EQ(token, CK_TRUE);
+  EXPECT_EQ(l, label);
+  // The spec's answers for what the object does not have.
+  CK_ATTRIBUTE bad = {CKA_MODULUS, nullptr, 0};
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), made, &bad, 1)),
+            RvStr(CKR_ATTRIBUTE_TYPE_INVALID));
+  EXPECT_EQ(bad.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+  CK_BYTE tiny[2];
+  CK_ATTRIBUTE small = {CKA_LABEL, tiny, sizeof(tiny)};
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), made, &small, 1)), RvStr(CKR_BUFFER_TOO_SMALL));
+  EXPECT_EQ(RoundTrips() - before, 0) << "answered from what the search brought";
+  // CKA_VALUE never comes with a search.
+  before = RoundTrips();
+  EXPECT_EQ(Attr(s->h(), made, CKA_VALUE), ToBytes("token value"));
+  EXPECT_EQ(RoundTrips() - before, 1);
+  // A change is seen at once, also by a read that the search had answered.
+  Attrs change;
+  change.Str(CKA_LABEL, label + "-2");
+  ASSERT_EQ(p->C_SetAttributeValue(s->h(), made, change.data(), change.size()), CKR_OK);
+  EXPECT_EQ(Attr(s->h(), made, CKA_LABEL), ToBytes(label + "-2"));
+  // A closed session's handle is refused, not answered from the cache.
+  auto again = FindByLabel(s->h(), label + "-2");
+  ASSERT_EQ(again.size(), 1u);
+  Session other(p, false);
+  const CK_SESSION_HANDLE gone = other.h();
+  ASSERT_EQ(other.Close(), CKR_OK);
+  CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(gone, made, &c, 1)), RvStr(CKR_SESSION_HANDLE_INVALID));
+  ASSERT_EQ(p->C_DestroyObject(s->h(), made), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), made, &c, 1)), RvStr(CKR_OBJECT_HANDLE_INVALID));
+}
+
 }  // namespace
 }  // namespace hsmux::testing
