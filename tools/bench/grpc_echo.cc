@@ -4,10 +4,12 @@
 // required, 16 MiB messages).
 //
 //   hsmux-grpc-echo server --listen 127.0.0.1:0 --ca CA --cert CERT --key KEY
-//       prints "echo: serving on PORT", serves until SIGTERM/SIGINT
+//       [--server-api sync|callback]
+//       prints "echo: serving on PORT", serves until SIGTERM/SIGINT; the
+//       listen address may be unix:PATH (then PORT is 0)
 //   hsmux-grpc-echo client --target localhost:PORT --ca CA --cert CERT --key KEY
 //       [--server-name localhost] [--threads 1] [--seconds 3] [--warmup 0.5]
-//       [--request-bytes 100] [--reply-bytes 100]
+//       [--request-bytes 100] [--reply-bytes 100] [--shape unary|stream]
 //       prints one BENCH line (op "echo"); threads share one channel, as the
 //       module's threads share its one channel.
 #include <grpcpp/grpcpp.h>
@@ -47,20 +49,46 @@ class EchoService final : public Echo::Service {
     resp->mutable_payload()->assign(req->reply_bytes(), 'r');
     return grpc::Status::OK;
   }
+  grpc::Status Stream(grpc::ServerContext*,
+                      grpc::ServerReaderWriter<EchoMessage, EchoMessage>* stream) override {
+    EchoMessage req, resp;
+    while (stream->Read(&req)) {
+      resp.mutable_payload()->assign(req.reply_bytes(), 'r');
+      if (!stream->Write(resp)) break;
+    }
+    return grpc::Status::OK;
+  }
+};
+
+// The same unary echo on gRPC's callback API (the reactor finishes at once;
+// no handler thread of ours).
+class CallbackEchoService final : public Echo::CallbackService {
+  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx, const EchoMessage* req,
+                                 EchoMessage* resp) override {
+    resp->mutable_payload()->assign(req->reply_bytes(), 'r');
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
 };
 
 std::atomic<bool> g_stop{false};
 
 int Server(const std::string& listen, const std::string& ca, const std::string& cert,
-           const std::string& key) {
+           const std::string& key, const std::string& api) {
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   ssl.pem_root_certs = ReadFile(ca);
   ssl.pem_key_cert_pairs.push_back({ReadFile(key), ReadFile(cert)});
   EchoService service;
+  CallbackEchoService callback_service;
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl), &port);
-  builder.RegisterService(&service);
+  if (api == "callback") {
+    builder.RegisterService(&callback_service);
+  } else {
+    builder.RegisterService(&service);
+  }
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.SetMaxSendMessageSize(16 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -79,7 +107,7 @@ int Server(const std::string& listen, const std::string& ca, const std::string& 
 
 int Client(const std::string& target, const std::string& ca, const std::string& cert,
            const std::string& key, const std::string& server_name, int threads, double seconds,
-           double warmup, int request_bytes, int reply_bytes) {
+           double warmup, int request_bytes, int reply_bytes, const std::string& shape) {
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = ReadFile(ca);
   ssl.pem_cert_chain = ReadFile(cert);
@@ -105,14 +133,23 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
       req.set_payload(std::string(request_bytes, 'q'));
       req.set_reply_bytes(reply_bytes);
       lat[i].reserve(1 << 16);
+      grpc::ClientContext stream_ctx;
+      std::unique_ptr<grpc::ClientReaderWriter<EchoMessage, EchoMessage>> stream;
+      if (shape == "stream") stream = stub->Stream(&stream_ctx);
       while (true) {
         const int p0 = phase.load();
         if (p0 == 2) break;
         const auto t0 = Clock::now();
-        grpc::ClientContext ctx;  // a deadline per call, as the module sets
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
         EchoMessage resp;
-        grpc::Status st = stub->Call(&ctx, req, &resp);
+        grpc::Status st;
+        if (stream != nullptr) {
+          if (!stream->Write(req) || !stream->Read(&resp))
+            st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broke");
+        } else {
+          grpc::ClientContext ctx;  // a deadline per call, as the module sets
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+          st = stub->Call(&ctx, req, &resp);
+        }
         const auto t1 = Clock::now();
         if (!st.ok() || static_cast<int>(resp.payload().size()) != reply_bytes) {
           if (errors++ == 0)
@@ -122,6 +159,11 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
         if (p0 == 1 && phase.load() == 1)
           lat[i].push_back(static_cast<uint32_t>(
               std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+        if (!st.ok() && stream != nullptr) break;
+      }
+      if (stream != nullptr) {
+        stream->WritesDone();
+        (void)stream->Finish();
       }
     });
   }
@@ -144,14 +186,16 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
   for (uint32_t v : all) mean += v / 1000.0;
   if (!all.empty()) mean /= all.size();
   const double elapsed = std::chrono::duration<double>(m1 - m0).count();
-  std::printf("grpc-echo threads=%d ops=%zu %.1f ops/s p50 %.1f us p99 %.1f us errors %llu\n", threads,
-              all.size(), all.size() / elapsed, pct(0.5), pct(0.99),
+  std::printf("grpc-echo threads=%d ops=%zu %.1f ops/s p50 %.1f us p99 %.1f us errors %llu\n",
+              threads, all.size(), all.size() / elapsed, pct(0.5), pct(0.99),
               static_cast<unsigned long long>(errors.load()));
   std::printf(
-      "BENCH {\"module\":\"grpc-echo\",\"token\":\"\",\"op\":\"echo\",\"threads\":%d,\"seconds\":%.2f,"
-      "\"ops\":%zu,\"errors\":%llu,\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
+      "BENCH "
+      "{\"module\":\"grpc-echo-%s\",\"token\":\"\",\"op\":\"echo\",\"threads\":%d,\"seconds\":%.2f,"
+      "\"ops\":%zu,\"errors\":%llu,\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%"
+      ".1f,"
       "\"round_trips_per_op\":1,\"request_bytes\":%d,\"reply_bytes\":%d}\n",
-      threads, elapsed, all.size(), static_cast<unsigned long long>(errors.load()),
+      shape.c_str(), threads, elapsed, all.size(), static_cast<unsigned long long>(errors.load()),
       all.size() / elapsed, pct(0.5), pct(0.99), mean, request_bytes, reply_bytes);
   return (errors == 0 && !all.empty()) ? 0 : 1;
 }
@@ -160,11 +204,13 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: hsmux-grpc-echo server|client [options] (see the source header)\n");
+    std::fprintf(stderr,
+                 "usage: hsmux-grpc-echo server|client [options] (see the source header)\n");
     return 2;
   }
   const std::string mode = argv[1];
   std::string listen = "127.0.0.1:0", target, ca, cert, key, server_name = "localhost";
+  std::string shape = "unary", api = "sync";
   int threads = 1, request_bytes = 100, reply_bytes = 100;
   double seconds = 3, warmup = 0.5;
   for (int i = 2; i < argc; ++i) {
@@ -174,17 +220,32 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::string v = argv[++i];
-    if (a == "--listen") listen = v;
-    else if (a == "--target") target = v;
-    else if (a == "--ca") ca = v;
-    else if (a == "--cert") cert = v;
-    else if (a == "--key") key = v;
-    else if (a == "--server-name") server_name = v;
-    else if (a == "--threads") threads = std::stoi(v);
-    else if (a == "--seconds") seconds = std::stod(v);
-    else if (a == "--warmup") warmup = std::stod(v);
-    else if (a == "--request-bytes") request_bytes = std::stoi(v);
-    else if (a == "--reply-bytes") reply_bytes = std::stoi(v);
+    if (a == "--listen")
+      listen = v;
+    else if (a == "--target")
+      target = v;
+    else if (a == "--ca")
+      ca = v;
+    else if (a == "--cert")
+      cert = v;
+    else if (a == "--key")
+      key = v;
+    else if (a == "--server-name")
+      server_name = v;
+    else if (a == "--threads")
+      threads = std::stoi(v);
+    else if (a == "--seconds")
+      seconds = std::stod(v);
+    else if (a == "--warmup")
+      warmup = std::stod(v);
+    else if (a == "--request-bytes")
+      request_bytes = std::stoi(v);
+    else if (a == "--reply-bytes")
+      reply_bytes = std::stoi(v);
+    else if (a == "--shape")
+      shape = v;
+    else if (a == "--server-api")
+      api = v;
     else {
       std::fprintf(stderr, "hsmux-grpc-echo: unknown argument %s\n", a.c_str());
       return 2;
@@ -194,10 +255,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hsmux-grpc-echo: --ca, --cert and --key are required\n");
     return 2;
   }
-  if (mode == "server") return Server(listen, ca, cert, key);
+  if ((shape != "unary" && shape != "stream") || (api != "sync" && api != "callback")) {
+    std::fprintf(stderr, "hsmux-grpc-echo: --shape unary|stream, --server-api sync|callback\n");
+    return 2;
+  }
+  if (mode == "server") return Server(listen, ca, cert, key, api);
   if (mode == "client" && !target.empty())
     return Client(target, ca, cert, key, server_name, threads, seconds, warmup, request_bytes,
-                  reply_bytes);
+                  reply_bytes, shape);
   std::fprintf(stderr, "hsmux-grpc-echo: server, or client with --target\n");
   return 2;
 }
