@@ -1,6 +1,7 @@
 #include "module_state.h"
 
 #include <dlfcn.h>
+#include <grpc/event_engine/event_engine.h>
 #include <grpc/fork.h>
 #include <grpc/grpc.h>
 #include <openssl/crypto.h>
@@ -10,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <mutex>
 
 #include "log.h"
@@ -20,6 +23,13 @@
 // reads it (the same switch as GRPC_ENABLE_FORK_SUPPORT=1).
 void gpr_global_config_set_grpc_enable_fork_support(bool value);
 
+// Exported by Debian's libgrpc (1.51; the header, default_event_engine.h, is
+// not installed): the process-wide EventEngine, created on first use and
+// destroyed when its last reference goes (gRPC itself keeps only a weak_ptr).
+namespace grpc_event_engine::experimental {
+std::shared_ptr<EventEngine> GetDefaultEventEngine();
+}  // namespace grpc_event_engine::experimental
+
 namespace hsmux::module {
 namespace {
 
@@ -29,16 +39,24 @@ std::atomic<ModuleState*>& StatePointer() {
   return *state;
 }
 
-// gRPC must be told about fork() or a child that uses it hangs; these run in
-// every fork of the host once the module was initialised.
-void InstallForkHandlers() {
+// A host that exits without C_Finalize (Java's SunPKCS11 never calls it):
+// finalize here, before exit() destroys gRPC's statics and OpenSSL's state
+// under gRPC's running threads (docs/sanitizers.md, "Exit").
+void FinalizeAtExit() { (void)ModuleState::Get().Finalize(); }
+
+// Once per process, at the first C_Initialize: gRPC must be told about fork()
+// or a child that uses it hangs (these run in every fork of the host), and
+// the exit handler above.
+void InstallProcessHandlers() {
   static std::once_flag once;
   std::call_once(once, [] {
 #ifdef HSMUX_STATIC_MODULE
     // The module's private OpenSSL must not read the host's OPENSSL_CONF (it
     // would load engines built for the system libcrypto). Run-once, so only in
     // the static build: in the shared build it would switch off the host's.
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
+    // Nothing but our gRPC uses this copy, so it needs no clean-up at exit
+    // either (OPENSSL_cleanup frees its locks under any thread still in it).
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT, nullptr);
     OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
     // The host's own libcrypto (if one is in its global scope; Java has none)
     // loads its config now, as it did through the shared-gRPC build, instead
@@ -46,14 +64,47 @@ void InstallForkHandlers() {
     // the middle of EVP_PKEY_fromdata makes pkcs11-tool 0.23 fail to export
     // EC public keys ("cannot create EVP_PKEY"). Only the timing changes.
     using OpensslInit = int (*)(uint64_t, const void*);
-    if (auto host_init = reinterpret_cast<OpensslInit>(dlsym(RTLD_DEFAULT, "OPENSSL_init_crypto"))) {
+    if (auto host_init =
+            reinterpret_cast<OpensslInit>(dlsym(RTLD_DEFAULT, "OPENSSL_init_crypto"))) {
       host_init(OPENSSL_INIT_LOAD_CONFIG, nullptr);
     }
+#else
+    // What gRPC's TLS does at the first channel, done now so that the host's
+    // OpenSSL registers its atexit clean-up before our handler below: exit
+    // handlers run in reverse order, so ours runs first, while OpenSSL works.
+    OPENSSL_init_ssl(0, nullptr);
 #endif
     gpr_global_config_set_grpc_enable_fork_support(true);
     pthread_atfork(grpc_prefork, grpc_postfork_parent, grpc_postfork_child);
     pthread_atfork(nullptr, nullptr, &ModuleState::ResetInChild);
+    // Registered after gRPC's libraries were loaded (their static destructors
+    // are registered at load) and after OpenSSL's handler: runs before both.
+    std::atexit(&FinalizeAtExit);
   });
+}
+
+// Gives up the module's hold on gRPC (C_Finalize). When nothing else in the
+// process uses gRPC, it is torn down here, on the caller's thread, before
+// C_Finalize returns: grpc_shutdown_blocking joins the executor and timer
+// threads, and the last reference to the EventEngine, dropped here, joins its
+// thread pool. Otherwise the channel's subchannels release the engine from
+// the engine's own threads moments later, and a host that exits right after
+// C_Finalize runs exit()'s destructors under them (seen under ASan: SEGV in
+// Epoll1Poller::Shutdown on gRPC's destroyed fork_poller_list, and in
+// OpenSSL's RAND lock freed by OPENSSL_cleanup during a TLS handshake).
+void ReleaseGrpc(std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine) {
+  grpc_shutdown_blocking();
+  if (engine == nullptr) return;
+  // Still initialised: the host uses gRPC too, a call is still in flight on
+  // another thread, or this is a forked child holding its parent's abandoned
+  // channel. Nothing to wait for then.
+  if (!grpc_is_initialized()) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (engine.use_count() > 1 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  engine.reset();
 }
 
 }  // namespace
@@ -82,7 +133,7 @@ void ModuleState::ResetInChild() {
 }
 
 absl::Status ModuleState::Initialize() {
-  InstallForkHandlers();
+  InstallProcessHandlers();
   absl::MutexLock lock(&mu_);
   const pid_t me = getpid();
   if (initialized_ && pid_ == me) {
@@ -91,6 +142,7 @@ absl::Status ModuleState::Initialize() {
   if (initialized_ && pid_ != me) {
     // A forked child: the parent's channel and thread are not ours. Leak them.
     new std::shared_ptr<AgentClient>(std::move(client_));
+    new std::shared_ptr<grpc_event_engine::experimental::EventEngine>(std::move(engine_));
     heartbeat_.release();  // NOLINT(bugprone-unused-return-value): abandoned on purpose
     initialized_ = false;
   }
@@ -102,6 +154,10 @@ absl::Status ModuleState::Initialize() {
     LogLine(std::string("C_Initialize: ") + std::string(client_or.status().message()));
     return client_or.status();
   }
+  // The module's own reference to gRPC, given back by Finalize, and to its
+  // EventEngine, so that Finalize destroys the engine (ReleaseGrpc).
+  grpc_init();
+  engine_ = grpc_event_engine::experimental::GetDefaultEventEngine();
   client_ = std::shared_ptr<AgentClient>(std::move(*client_or));
   config_ = std::move(config);
   pid_ = me;
@@ -131,6 +187,7 @@ void ModuleState::HeartbeatLoop(std::shared_ptr<AgentClient> client, uint32_t se
 absl::Status ModuleState::Finalize() {
   std::shared_ptr<AgentClient> client;
   std::unique_ptr<std::thread> heartbeat;
+  std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine;
   {
     absl::MutexLock lock(&mu_);
     if (!initialized_ || pid_ != getpid()) {
@@ -140,6 +197,7 @@ absl::Status ModuleState::Finalize() {
     stop_heartbeat_ = true;
     client = std::move(client_);
     heartbeat = std::move(heartbeat_);
+    engine = std::move(engine_);
   }
   if (heartbeat != nullptr && heartbeat->joinable()) {
     if (heartbeat->get_id() == std::this_thread::get_id()) {
@@ -152,6 +210,8 @@ absl::Status ModuleState::Finalize() {
     client->Close();
     WriteStatsFile(client->round_trips());  // HSMUX_STATS_FILE only (docs/decisions/0008)
   }
+  client.reset();  // the channel, unless a call on another thread still holds it
+  ReleaseGrpc(std::move(engine));
   return absl::OkStatus();
 }
 

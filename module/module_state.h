@@ -15,6 +15,10 @@
 #include "module_config.h"
 #include "wire/cryptoki.h"
 
+namespace grpc_event_engine::experimental {
+class EventEngine;
+}  // namespace grpc_event_engine::experimental
+
 namespace hsmux::module {
 
 class ModuleState {
@@ -28,7 +32,9 @@ class ModuleState {
   // this process initialised already; in a forked child the parent's state is
   // abandoned (never destroyed: its gRPC objects belong to the parent).
   absl::Status Initialize();
-  // C_Finalize: tells the agent, stops the heartbeat, wakes blocked waits.
+  // C_Finalize: tells the agent, stops the heartbeat, wakes blocked waits,
+  // and (when the host does not use gRPC itself) shuts gRPC down, its threads
+  // joined, before it returns. Also run at exit if the host never called it.
   absl::Status Finalize();
 
   // True between C_Initialize and C_Finalize in this very process (a forked
@@ -56,6 +62,8 @@ class ModuleState {
   ModuleConfig config_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<AgentClient> client_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<std::thread> heartbeat_ ABSL_GUARDED_BY(mu_);
+  // Held from Initialize to Finalize, which destroys it (module_state.cc).
+  std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine_ ABSL_GUARDED_BY(mu_);
   bool stop_heartbeat_ ABSL_GUARDED_BY(mu_) = false;
 };
 
