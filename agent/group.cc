@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "audit.h"
 #include "log.h"
 #include "recent_errors.h"
@@ -224,6 +226,24 @@ void Group::MarkDown(size_t i, const std::string& why) {
 void Group::Recover(size_t i) {
   Member* m = members_[i].get();
   if (m->healthy.load() || m->drained.load()) return;
+  // Calls that overran their deadline before the member was taken out may
+  // still complete in it once it answers again; a write's unwrap then leaves
+  // a pending-labelled object that catch-up's scan, if it ran first, would
+  // miss. Catch up once they are done (waiting at most keygen_timeout_ms: a
+  // call stuck for good must not keep the member out).
+  if (m->executor().busy() > 0) {
+    const int64_t now = absl::ToUnixMillis(absl::Now());
+    int64_t since = m->busy_since_ms.load();
+    if (since == 0) {
+      since = now;
+      m->busy_since_ms.store(now);
+    }
+    if (now - since < static_cast<int64_t>(config_.keygen_timeout_ms)) {
+      m->set_down_reason("calls from before it was taken out still running");
+      return;
+    }
+  }
+  m->busy_since_ms.store(0);
   absl::Status st = m->Connect(absl::Milliseconds(config_.probe_timeout_ms));
   if (!st.ok()) {
     m->set_down_reason(std::string(st.message()));

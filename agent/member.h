@@ -121,6 +121,9 @@ class Member {
   }
   std::atomic<bool> healthy{false};
   std::atomic<bool> drained{false};  // taken out by an operator
+  // Unix ms since recovery first found calls from before the member was
+  // taken out still running in it (0: none); see Group::Recover.
+  std::atomic<int64_t> busy_since_ms{0};
   uint32_t weight = 1;
 
   // The member's mechanisms and their info, in the member's own order.
