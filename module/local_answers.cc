@@ -20,6 +20,9 @@ constexpr size_t kMaxFixed = 1024;
 // pages through them there).
 constexpr uint32_t kFindPrefetch = 1024;
 constexpr size_t kMaxFoundObjects = 4096;
+// The output room asked for when a length query is sent as the real call;
+// a larger output comes back as CKR_BUFFER_TOO_SMALL with its length.
+constexpr uint64_t kQueryCapacity = 16384;
 
 F FunctionOf(const v1::CallRequest& r) { return static_cast<F>(r.function()); }
 
@@ -122,6 +125,18 @@ uint64_t InitKeyHandle(const v1::CallRequest& init) {
 
 }  // namespace
 
+void LocalAnswers::DropOutput(Session& s) {
+  if (!s.output.has_value()) return;
+  for (v1::Value& v : *s.output->response.mutable_results()) {
+    if (v.has_output()) {
+      std::string* d = v.mutable_output()->mutable_data();
+      OPENSSL_cleanse(d->data(), d->size());
+    }
+  }
+  OPENSSL_cleanse(s.output->input.data(), s.output->input.size());
+  s.output.reset();
+}
+
 void LocalAnswers::DropAttributesLocked() {
   for (auto& [h, s] : sessions_) {
     if (s.attributes.has_value()) Zero(*s.attributes);
@@ -132,6 +147,7 @@ void LocalAnswers::DropAttributesLocked() {
 std::map<uint64_t, LocalAnswers::Session>::iterator LocalAnswers::EraseLocked(
     std::map<uint64_t, Session>::iterator it) {
   if (it->second.attributes.has_value()) Zero(*it->second.attributes);
+  DropOutput(it->second);
   return sessions_.erase(it);
 }
 
@@ -142,6 +158,7 @@ void LocalAnswers::EraseLocked(uint64_t session) {
 
 void LocalAnswers::ResetLocked(uint64_t instance) {
   DropAttributesLocked();
+  for (auto& [h, s] : sessions_) DropOutput(s);
   instance_ = instance;
   sessions_.clear();
   accepted_.clear();
@@ -185,6 +202,9 @@ std::optional<v1::CallResponse> LocalAnswers::Answer(const v1::CallRequest& requ
       return Rv(rv);
     }
   }
+  if (s->output.has_value() && s->output->kind == Index(role->kind)) {
+    if (auto local = AnswerOutputLocked(*s, request, *role)) return local;
+  }
   if (role->part == Part::kInit) return AnswerInitLocked(request, *role);
   if (request.local_error() != 0 && s->kept[Index(role->kind)].has_value() &&
       !role->second.has_value()) {
@@ -195,6 +215,46 @@ std::optional<v1::CallResponse> LocalAnswers::Answer(const v1::CallRequest& requ
     return Rv(request.local_error());
   }
   return std::nullopt;
+}
+
+std::optional<v1::CallResponse> LocalAnswers::AnswerOutputLocked(Session& s,
+                                                                 const v1::CallRequest& request,
+                                                                 const wire::OpRole& role) {
+  const size_t k = s.output->kind;
+  if (role.part == Part::kInit) return Rv(CKR_OPERATION_ACTIVE);  // the caller's is active
+  if (request.local_error() != 0) {
+    // Bad arguments end the caller's operation; the agent's ended already.
+    DropOutput(s);
+    s.state[k] = OpState::kIdle;
+    return Rv(request.local_error());
+  }
+  if (role.part != Part::kSingle) {
+    // A multi-part call after a single-part one (agent/handlers_crypto.cc
+    // OperationCall): CKR_OPERATION_ACTIVE, and the operation ends. The
+    // session had no other operation (Prepare), so nothing else ends.
+    DropOutput(s);
+    s.state[k] = OpState::kIdle;
+    return Rv(CKR_OPERATION_ACTIVE);
+  }
+  const v1::OutputCapacity* cap = nullptr;
+  for (const v1::Value& v : request.args()) {
+    if (v.has_capacity()) cap = &v.capacity();
+  }
+  if (cap == nullptr || request.function() != s.output->function || request.args_size() < 2 ||
+      request.args(1).bytes() != s.output->input) {
+    return std::nullopt;  // another call: the Init goes again with it (Prepare)
+  }
+  const v1::OutputBytes& out = s.output->response.results(0).output();
+  if (cap->is_null()) return s.output->response;  // the length again
+  if (cap->capacity() < out.length()) {
+    v1::CallResponse r = Rv(CKR_BUFFER_TOO_SMALL);
+    r.add_results()->mutable_output()->set_length(out.length());
+    return r;
+  }
+  v1::CallResponse r = s.output->response;
+  DropOutput(s);
+  s.state[k] = OpState::kIdle;
+  return r;
 }
 
 std::optional<v1::CallResponse> LocalAnswers::AnswerAttributesLocked(
@@ -311,6 +371,30 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest& request) {
   }
   const std::optional<wire::OpRole> role = wire::OperationOf(f);
   if (!role.has_value() || role->part == Part::kInit) return first;
+  const size_t rk = Index(role->kind);
+  if (s->output.has_value() && s->output->kind == rk) {
+    // The agent's operation ended with the length query; this call differs
+    // from it, so the operation starts there again.
+    DropOutput(*s);
+    if (s->last_init[rk].has_value()) *request.add_carried_inits() = *s->last_init[rk];
+    return first;
+  }
+  if (role->part == Part::kSingle && !role->second.has_value() &&
+      (s->kept[rk].has_value() || s->last_init[rk].has_value()) && request.local_error() == 0) {
+    v1::OutputCapacity* cap = nullptr;
+    for (v1::Value& v : *request.mutable_args()) {
+      if (v.has_capacity()) cap = v.mutable_capacity();
+    }
+    bool alone = true;
+    for (size_t k = 0; k < s->state.size(); ++k) {
+      if (k != rk && s->state[k] != OpState::kIdle) alone = false;
+    }
+    if (cap != nullptr && cap->is_null() && alone && request.args_size() > 1) {
+      cap->set_is_null(false);
+      cap->set_capacity(std::max<uint64_t>(kQueryCapacity, request.args(1).bytes().size() + 1024));
+      s->query_sent[rk] = true;
+    }
+  }
   for (OpKind k : KindsOf(*role)) {
     if (s->kept[Index(k)].has_value()) {
       *request.add_carried_inits() = std::move(*s->kept[Index(k)]);
@@ -321,7 +405,7 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest& request) {
 }
 
 void LocalAnswers::Learn(const v1::CallRequest& request,
-                         const absl::StatusOr<v1::CallResponse>& response) {
+                         absl::StatusOr<v1::CallResponse>& response) {
   absl::MutexLock lock(&mu_);
   // An answer under another instance than the one known here: the client
   // registered anew (the old handles are gone with the old instance).
@@ -332,6 +416,7 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
     // No answer: the agent may or may not have run the call.
     if (f == F::kOpenSession || f == F::kCloseAllSessions) return;
     if (Session* s = FindLocked(request)) {
+      s->query_sent = {};
       if (role.has_value() || request.carried_inits_size() > 0) {
         for (auto& st : s->state) {
           if (st != OpState::kIdle) st = OpState::kUnknown;
@@ -428,6 +513,25 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
     }
   }
   if (done < carried) return;
+  const size_t rk = Index(role->kind);
+  Session* qs = role->part == Part::kSingle ? FindLocked(request) : nullptr;
+  if (qs != nullptr && qs->query_sent[rk]) {
+    Session* s = qs;
+    s->query_sent[rk] = false;
+    if (rv == CKR_BUFFER_TOO_SMALL) {
+      // The output is larger than asked for: the agent answered the length
+      // and its operation goes on, which is what a length query gives.
+      response->set_ck_rv(CKR_OK);
+      s->state[rk] = OpState::kActive;
+      return;
+    }
+    if (rv == CKR_OK && resp.results_size() > 0 && resp.results(0).has_output()) {
+      DropOutput(*s);
+      s->output = Session::Output{rk, request.function(), request.args(1).bytes(), resp};
+      s->state[rk] = OpState::kActive;  // the caller's operation goes on
+      return;
+    }
+  }
   LearnOperationLocked(request, *role, rv);
 }
 
@@ -435,7 +539,8 @@ void LocalAnswers::LearnSent(const v1::CallRequest& init,
                              const absl::StatusOr<v1::CallResponse>& response) {
   const uint64_t rv = response.ok() ? response->ck_rv() : CKR_DEVICE_ERROR;
   if (rv == CKR_OK) {
-    Learn(init, response);
+    absl::StatusOr<v1::CallResponse> copy = response;
+    Learn(init, copy);
     return;
   }
   absl::MutexLock lock(&mu_);
@@ -455,6 +560,8 @@ void LocalAnswers::LearnInitLocked(const v1::CallRequest& init, uint64_t rv, uin
   switch (rv) {
     case CKR_OK: {
       s->state[k] = OpState::kActive;
+      s->last_init[k] = init;
+      s->last_init[k]->clear_instance_id();
       if (epoch != epoch_ || init.args_size() < 2 || !init.args(1).has_mechanism()) break;
       const v1::Mechanism& mech = init.args(1).mechanism();
       if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET) break;

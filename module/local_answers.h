@@ -14,7 +14,12 @@
 //   The Init is then kept and carried with the operation's next call.
 // - a length query of attributes: C_GetAttributeValue with NULL values is
 //   sent as a fetch of the values, and the fetch of the same attributes of
-//   the same object that follows is answered from it (one round trip);
+//   the same object that follows is answered from it (one round trip); the
+//   same for a single-part call (C_Sign, C_Encrypt, C_Decrypt, C_Digest)
+//   whose length query is sent as the real call when the session has no
+//   other operation: the call with a buffer and the same input is answered
+//   from it (the output is zeroed when dropped); any other call of that
+//   operation sends the Init again first, as the agent's ended;
 // - a search: C_FindObjectsInit asks the agent for every match (up to
 //   kFindPrefetch); C_FindObjects and C_FindObjectsFinal are then answered
 //   here, so a search costs one round trip; when it found few objects,
@@ -60,7 +65,8 @@ class LocalAnswers {
   // After the agent answered `request` (sent as instance
   // request.instance_id()), or the transport failed: learns the operation state
   // and keepable answers.
-  void Learn(const v1::CallRequest& request, const absl::StatusOr<v1::CallResponse>& response);
+  // May adjust the answer the caller sees (a length query sent as a fetch).
+  void Learn(const v1::CallRequest& request, absl::StatusOr<v1::CallResponse>& response);
   // The same for a kept Init sent on its own (from Prepare): the caller had
   // CKR_OK for it already, so a refusal is kept for the operation's next call.
   void LearnSent(const v1::CallRequest& init, const absl::StatusOr<v1::CallResponse>& response);
@@ -83,6 +89,20 @@ class LocalAnswers {
     // answer. Used once, zeroed when dropped.
     std::string attributes_key;
     std::optional<v1::CallResponse> attributes;
+    // The last Init the agent accepted per kind: sent again when a single-part
+    // call's length query was run in full (below) and a different call follows.
+    std::array<std::optional<v1::CallRequest>, wire::kOpKinds> last_init;
+    // A single-part call's length query (C_Sign with a NULL buffer...) sent
+    // as the real call: its answer, for the call with a buffer that follows.
+    // The agent's operation ended with it; the caller's has not.
+    struct Output {
+      size_t kind = 0;
+      uint32_t function = 0;
+      std::string input;
+      v1::CallResponse response;
+    };
+    std::optional<Output> output;
+    std::array<bool, wire::kOpKinds> query_sent{};
   };
   // (slot, operation kind, mechanism type, key handle or 0).
   using InitKey = std::tuple<uint64_t, size_t, uint64_t, uint64_t>;
@@ -94,6 +114,11 @@ class LocalAnswers {
   void EraseLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops (and zeroes) every session's kept attribute answer.
   void DropAttributesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops (and zeroes) a session's kept single-part output.
+  static void DropOutput(Session& s);
+  std::optional<v1::CallResponse> AnswerOutputLocked(Session& s, const v1::CallRequest& request,
+                                                     const wire::OpRole& role)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<v1::CallResponse> AnswerInitLocked(const v1::CallRequest& request,
                                                    const wire::OpRole& role)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -345,5 +345,69 @@ TEST_F(LocalAnswersTest, TokenObjectsFoundBringTheirAttributes) {
   EXPECT_EQ(RvStr(p->C_GetAttributeValue(s->h(), made, &c, 1)), RvStr(CKR_OBJECT_HANDLE_INVALID));
 }
 
+TEST_F(LocalAnswersTest, ASinglePartLengthQueryAndItsCallCostOneRoundTrip) {
+  auto s = UserSession();
+  KeyPair kp = GenEc(s->h());
+  CK_RV init_rv = 0, sign_rv = 0;
+  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);  // the agent accepts the Init once
+  ASSERT_EQ(sign_rv, CKR_OK);
+  CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
+  long before = RoundTrips();
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
+  CK_ULONG n = 0;
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n)), RvStr(CKR_OK));
+  ASSERT_EQ(n, 64u);
+  Bytes small(10);
+  CK_ULONG small_n = small.size();
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), small.data(), &small_n)),
+            RvStr(CKR_BUFFER_TOO_SMALL));
+  EXPECT_EQ(small_n, 64u);
+  Bytes sig(n);
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)), RvStr(CKR_OK));
+  EXPECT_EQ(RoundTrips() - before, 1);
+  EXPECT_TRUE(Verifies(s->h(), kp.pub, sig));
+  EXPECT_EQ(RvStr(p->C_Sign(s->h(), kHash.data(), kHash.size(), sig.data(), &n)),
+            RvStr(CKR_OPERATION_NOT_INITIALIZED));
+
+  // The call after the query signs other data: the operation starts again
+  // on the agent and that data is signed.
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
+  ASSERT_EQ(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n), CKR_OK);
+  Bytes other = ToBytes("fedcba9876543210fedcba9876543210");
+  n = sig.size();
+  ASSERT_EQ(RvStr(p->C_Sign(s->h(), other.data(), other.size(), sig.data(), &n)), RvStr(CKR_OK));
+  CK_MECHANISM vm = {CKM_ECDSA, nullptr, 0};
+  ASSERT_EQ(p->C_VerifyInit(s->h(), &vm, kp.pub), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_Verify(s->h(), other.data(), other.size(), sig.data(), n)), RvStr(CKR_OK));
+
+  // A multi-part call after a single-part query: CKR_OPERATION_ACTIVE, and
+  // the operation is over; a second Init meanwhile is CKR_OPERATION_ACTIVE.
+  ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
+  ASSERT_EQ(p->C_Sign(s->h(), kHash.data(), kHash.size(), nullptr, &n), CKR_OK);
+  EXPECT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)), RvStr(CKR_OPERATION_ACTIVE));
+  EXPECT_EQ(RvStr(p->C_SignUpdate(s->h(), kHash.data(), kHash.size())),
+            RvStr(CKR_OPERATION_ACTIVE));
+  EXPECT_EQ(RvStr(p->C_SignUpdate(s->h(), kHash.data(), kHash.size())),
+            RvStr(CKR_OPERATION_NOT_INITIALIZED));
+
+  // Decryption: the plaintext from the query's run is the caller's.
+  const Bytes key(32, 0x42);
+  CK_OBJECT_HANDLE aes = CreateSecret(s->h(), CKK_AES, key);
+  Bytes iv(16, 0x01), plain = ToBytes("thirty-two bytes of plain text!!");
+  CK_MECHANISM cbc = {CKM_AES_CBC, iv.data(), iv.size()};
+  ASSERT_EQ(p->C_EncryptInit(s->h(), &cbc, aes), CKR_OK);
+  Bytes ct(64);
+  CK_ULONG ct_n = ct.size();
+  ASSERT_EQ(p->C_Encrypt(s->h(), plain.data(), plain.size(), ct.data(), &ct_n), CKR_OK);
+  ASSERT_EQ(p->C_DecryptInit(s->h(), &cbc, aes), CKR_OK);
+  CK_ULONG pt_n = 0;
+  ASSERT_EQ(p->C_Decrypt(s->h(), ct.data(), ct_n, nullptr, &pt_n), CKR_OK);
+  EXPECT_GE(pt_n, plain.size());
+  Bytes pt(pt_n);
+  ASSERT_EQ(p->C_Decrypt(s->h(), ct.data(), ct_n, pt.data(), &pt_n), CKR_OK);
+  pt.resize(pt_n);
+  EXPECT_EQ(pt, plain);
+}
+
 }  // namespace
 }  // namespace hsmux::testing
