@@ -9,6 +9,8 @@
 // $HSMUX_TEST_DIR/pki/ca.pem, with client-1's certificate or with none; the
 // request's pid is PID_MARKER, which the agent logs for every Open it serves.
 // Exit: 0 Open served (and the instance closed again), 3 Open failed, 2 usage.
+#include <grpc/event_engine/event_engine.h>
+#include <grpc/grpc.h>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -17,8 +19,15 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "hsmux/v1/cryptoki.grpc.pb.h"
+
+// Exported by Debian's libgrpc 1.51 (its header is not installed); see
+// module/module_state.cc, ReleaseGrpc.
+namespace grpc_event_engine::experimental {
+std::shared_ptr<EventEngine> GetDefaultEventEngine();
+}  // namespace grpc_event_engine::experimental
 
 namespace {
 
@@ -33,9 +42,7 @@ std::chrono::system_clock::time_point In5s() {
   return std::chrono::system_clock::now() + std::chrono::seconds(5);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Run(int argc, char** argv) {
   const char* dir = std::getenv("HSMUX_TEST_DIR");
   const char* port = std::getenv("HSMUX_AGENT_PORT");
   if (argc != 3 || dir == nullptr || port == nullptr) {
@@ -77,4 +84,22 @@ int main(int argc, char** argv) {
   cctx.set_deadline(In5s());
   (void)stub->Close(&cctx, close, &closed);
   return 0;
+}
+
+}  // namespace
+
+// gRPC is torn down, its threads joined, before exit() runs static
+// destructors and OpenSSL's clean-up under them (as the module's C_Finalize
+// does; docs/sanitizers.md, "Exit").
+int main(int argc, char** argv) {
+  grpc_init();
+  auto engine = grpc_event_engine::experimental::GetDefaultEventEngine();
+  const int rc = Run(argc, argv);  // its channel is gone when it returns
+  grpc_shutdown_blocking();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (engine.use_count() > 1 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  engine.reset();
+  return rc;
 }
