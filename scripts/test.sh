@@ -89,7 +89,7 @@ if [ "${HSMUX_WITH_SANITIZERS:-0}" = 1 ] && [ "${HSMUX_SKIP_SANITIZERS:-0}" != 1
     echo "== test: ctest under ASan + UBSan (excluding $ASAN_EXCLUDE)"
     # fast_unwind_on_malloc=0: Debian's libraries have no frame pointers, so
     # the fast unwinder stops inside them and lsan.supp could not match.
-    if ! ASAN_OPTIONS="log_path=$ASAN_LOGS/asan:fast_unwind_on_malloc=0:${HSMUX_ASAN_EXTRA_OPTIONS:-}" \
+    if ! ASAN_OPTIONS="log_path=$ASAN_LOGS/asan:log_exe_name=1:fast_unwind_on_malloc=0:${HSMUX_ASAN_EXTRA_OPTIONS:-}" \
          UBSAN_OPTIONS="log_path=$ASAN_LOGS/ubsan:print_stacktrace=1:halt_on_error=1" \
          LSAN_OPTIONS="suppressions=$REPO/scripts/lsan.supp:print_suppressions=0" \
          ctest --test-dir "$ASAN_BUILD" --output-on-failure --timeout 900 --no-tests=error \
