@@ -50,6 +50,15 @@ class LocalAnswersTest : public P11Test {
     sig.resize(*sign_rv == CKR_OK ? n : 0);
     return sig;
   }
+  // An EC key pair whose C_SignInit the agent has accepted once (so the
+  // module may answer the next one itself).
+  KeyPair AcceptedKey(CK_SESSION_HANDLE s) {
+    KeyPair kp = GenEc(s);
+    CK_RV init_rv = 0, sign_rv = 0;
+    SignOnce(s, kp.priv, &init_rv, &sign_rv);
+    EXPECT_EQ(RvStr(sign_rv), RvStr(CKR_OK));
+    return kp;
+  }
   bool Verifies(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, Bytes sig) {
     CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
     if (p->C_VerifyInit(s, &m, pub) != CKR_OK) return false;
@@ -92,10 +101,8 @@ TEST_F(LocalAnswersTest, SignCostsOneRoundTripOnceTheAgentAcceptedTheInit) {
 
 TEST_F(LocalAnswersTest, SecondInitWhileKeptIsOperationActiveAndTheFirstGoesOn) {
   auto s = UserSession();
-  KeyPair kp = GenEc(s->h());
+  KeyPair kp = AcceptedKey(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);  // the agent accepts it once
-  ASSERT_EQ(sign_rv, CKR_OK);
   CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
   const long before = RoundTrips();
   ASSERT_EQ(RvStr(p->C_SignInit(s->h(), &m, kp.priv)), RvStr(CKR_OK));
@@ -114,10 +121,8 @@ TEST_F(LocalAnswersTest, SecondInitWhileKeptIsOperationActiveAndTheFirstGoesOn) 
 
 TEST_F(LocalAnswersTest, ArgumentErrorEndsAKeptOperationWithoutARoundTrip) {
   auto s = UserSession();
-  KeyPair kp = GenEc(s->h());
+  KeyPair kp = AcceptedKey(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
-  ASSERT_EQ(sign_rv, CKR_OK);
   CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
   const long before = RoundTrips();
   ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
@@ -138,10 +143,8 @@ TEST_F(LocalAnswersTest, ArgumentErrorEndsAKeptOperationWithoutARoundTrip) {
 // next answer (the view epoch), so the error stays on C_SignInit.
 TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
   auto s = UserSession();
-  KeyPair kp = GenEc(s->h());
+  KeyPair kp = AcceptedKey(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
-  ASSERT_EQ(sign_rv, CKR_OK);
   // Usage switched off: CKR_KEY_FUNCTION_NOT_PERMITTED at Init.
   Attrs off;
   off.Bool(CKA_SIGN, false);
@@ -173,10 +176,8 @@ TEST_F(LocalAnswersTest, InitErrorsStayOnInitAfterTheKeyChanges) {
 
 TEST_F(LocalAnswersTest, LogoutAndCloseAreSeenBeforeTheNextInit) {
   auto s = UserSession();
-  KeyPair kp = GenEc(s->h());
+  KeyPair kp = AcceptedKey(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);
-  ASSERT_EQ(sign_rv, CKR_OK);
   // A kept Init reaches the agent before the logout does.
   CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
   ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
@@ -347,10 +348,8 @@ TEST_F(LocalAnswersTest, TokenObjectsFoundBringTheirAttributes) {
 
 TEST_F(LocalAnswersTest, ASinglePartLengthQueryAndItsCallCostOneRoundTrip) {
   auto s = UserSession();
-  KeyPair kp = GenEc(s->h());
+  KeyPair kp = AcceptedKey(s->h());
   CK_RV init_rv = 0, sign_rv = 0;
-  SignOnce(s->h(), kp.priv, &init_rv, &sign_rv);  // the agent accepts the Init once
-  ASSERT_EQ(sign_rv, CKR_OK);
   CK_MECHANISM m = {CKM_ECDSA, nullptr, 0};
   long before = RoundTrips();
   ASSERT_EQ(p->C_SignInit(s->h(), &m, kp.priv), CKR_OK);
