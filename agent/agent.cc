@@ -95,9 +95,13 @@ std::shared_ptr<Instance> Agent::FindInstance(uint64_t id, const std::string& id
 bool Agent::RenewLease(uint64_t id, const std::string& identity) {
   auto inst = FindInstance(id, identity);
   if (inst == nullptr) return false;
-  absl::MutexLock lock(&inst->mu);
-  inst->expires = absl::Now() + absl::Seconds(config_.lease_seconds);
+  RenewLease(*inst);
   return true;
+}
+
+void Agent::RenewLease(Instance& instance) {
+  absl::MutexLock lock(&instance.mu);
+  instance.expires = absl::Now() + absl::Seconds(config_.lease_seconds);
 }
 
 void Agent::CloseInstance(uint64_t id, const std::string& identity) {

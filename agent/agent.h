@@ -41,6 +41,8 @@ class Agent {
   // The instance, if it exists and belongs to this identity.
   std::shared_ptr<Instance> FindInstance(uint64_t id, const std::string& identity);
   bool RenewLease(uint64_t id, const std::string& identity);
+  // The same for an instance already found (every call: one lookup, not two).
+  void RenewLease(Instance& instance);
   void CloseInstance(uint64_t id, const std::string& identity);
   // Closes the sessions of instances whose lease ran out.
   void ReapExpired();

@@ -78,7 +78,7 @@ grpc::Status CryptokiService::Serve(grpc::ServerContext* ctx, const v1::CallRequ
   if (inst == nullptr) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown instance");
   }
-  agent_.RenewLease(req.instance_id(), identity);
+  agent_.RenewLease(*inst);
   agent_.Call(inst, req, *resp);
   if (resp->ck_rv() != CKR_OK && resp->ck_rv() != CKR_BUFFER_TOO_SMALL) {
     LogInfo(absl::StrCat("instance ", inst->id, ": ", wire::FunctionName(req.function()), " -> ",
