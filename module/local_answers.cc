@@ -160,6 +160,8 @@ void LocalAnswers::ResetLocked(uint64_t instance) {
   DropAttributesLocked();
   for (auto& [h, s] : sessions_) DropOutput(s);
   instance_ = instance;
+  // Another instance may be another agent process, whose epoch starts anew.
+  epoch_ = 0;
   sessions_.clear();
   accepted_.clear();
   found_attributes_.clear();
