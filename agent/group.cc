@@ -23,8 +23,8 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
   for (const MemberConfig& mc : config.members) {
     HSMUX_ASSIGN_OR_RETURN(auto library, MemberLibrary::Load(mc.library, libraries));
     auto member = std::make_unique<Member>(mc, library);
-    member->ConfigurePool(config.pool_min_sessions, config.pool_max_sessions,
-                          config.pool_wait_ms, config.call_timeout_ms);
+    member->ConfigurePool(config.pool_min_sessions, config.pool_max_sessions, config.pool_wait_ms,
+                          config.call_timeout_ms);
     absl::Status connected = member->Connect(absl::Milliseconds(config.probe_timeout_ms * 5));
     if (!connected.ok()) {
       // The group serves without it; the health monitor brings it in when
@@ -49,9 +49,8 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
         auto other = std::find_if(mechs.begin(), mechs.end(),
                                   [&](const auto& m) { return m.first == it->first; });
         if (other == mechs.end()) {
-          LogWarning(absl::StrCat("group ", config.label, ": ",
-                                  wire::MechanismName(it->first), " left out: member ", mc.name,
-                                  " lacks it"));
+          LogWarning(absl::StrCat("group ", config.label, ": ", wire::MechanismName(it->first),
+                                  " left out: member ", mc.name, " lacks it"));
           it = group->mechanisms_.erase(it);
           continue;
         }
@@ -84,8 +83,8 @@ absl::StatusOr<std::unique_ptr<Group>> Group::Form(
   group->order_ = std::move(kept);
   group->registry_ = std::make_unique<Registry>(group->members_.size());
   group->writer_ = std::make_unique<Writer>(*group, *group->registry_);
-  LogInfo(absl::StrCat("group ", config.label, " (slot ", config.slot_id, "): ",
-                       group->members_.size(), " members, ", group->mechanisms_.size(),
+  LogInfo(absl::StrCat("group ", config.label, " (slot ", config.slot_id,
+                       "): ", group->members_.size(), " members, ", group->mechanisms_.size(),
                        " mechanisms"));
   return group;
 }
@@ -117,10 +116,9 @@ size_t Group::AnyMember() {
   return any.value_or(0);
 }
 
-CK_RV Group::RunOnMember(
-    const std::function<bool(size_t)>& filter,
-    std::function<CK_RV(size_t, CK_FUNCTION_LIST*, CK_SESSION_HANDLE)> call,
-    const std::string& what, size_t* used) {
+CK_RV Group::RunOnMember(const std::function<bool(size_t)>& filter,
+                         std::function<CK_RV(size_t, CK_FUNCTION_LIST*, CK_SESSION_HANDLE)> call,
+                         const std::string& what, size_t* used) {
   std::set<size_t> excluded;
   for (size_t attempt = 0; attempt < members_.size(); ++attempt) {
     auto member = RouteWhere([&](size_t i) { return !excluded.count(i) && filter(i); });
@@ -153,9 +151,9 @@ CK_RV Group::RunOnMember(
     }
     // Probed now, so that a caller whose object lives only there (a session
     // object) sees the member out and can make the object again elsewhere.
-    LogWarning(absl::StrCat("member ", m->name(), ": ", what, " answered ",
-                            rv == kMemberTimedOut ? std::string("nothing in time")
-                                                  : wire::CkRvName(rv)));
+    LogWarning(
+        absl::StrCat("member ", m->name(), ": ", what, " answered ",
+                     rv == kMemberTimedOut ? std::string("nothing in time") : wire::CkRvName(rv)));
     RecordError("member_call", config_.label, m->name(),
                 absl::StrCat(what, " answered ", wire::CkRvName(rv), "; moved off the member"));
     Probe(i);
@@ -193,8 +191,7 @@ bool Group::Probe(size_t i) {
   st->slot = m->slot();
   st->holder = m->holder();
   CK_RV rv = m->Invoke<ProbeState>(
-      absl::Milliseconds(config_.probe_timeout_ms), st,
-      [](CK_FUNCTION_LIST* fn, ProbeState& p) {
+      absl::Milliseconds(config_.probe_timeout_ms), st, [](CK_FUNCTION_LIST* fn, ProbeState& p) {
         CK_TOKEN_INFO token;
         std::memset(&token, 0, sizeof(token));
         CK_RV r = fn->C_GetTokenInfo(p.slot, &token);
@@ -210,6 +207,11 @@ bool Group::Probe(size_t i) {
   MarkDown(i, rv == kMemberTimedOut ? "probe got no answer in time"
                                     : "probe answered " + wire::CkRvName(rv));
   return false;
+}
+
+void Group::MissedWrite(size_t i, const std::string& what) {
+  if (!members_[i]->healthy.load()) return;
+  MarkDown(i, absl::StrCat("missed ", what, "; catch-up aligns it"));
 }
 
 void Group::MarkDown(size_t i, const std::string& why) {
@@ -298,8 +300,8 @@ absl::Status Group::Readmit(const std::string& name) {
     Audit("admin_readmit", "admin", {{"group", config_.label}, {"member", name}});
     Recover(i);
     if (!members_[i]->healthy.load()) {
-      return absl::UnavailableError(absl::StrCat("member ", name, " not readmitted: ",
-                                                 members_[i]->down_reason()));
+      return absl::UnavailableError(
+          absl::StrCat("member ", name, " not readmitted: ", members_[i]->down_reason()));
     }
     return absl::OkStatus();
   }

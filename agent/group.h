@@ -6,28 +6,26 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
-
-#include "absl/synchronization/mutex.h"
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "config.h"
 #include "member.h"
 #include "registry.h"
-#include "writer.h"
 #include "wire/cryptoki.h"
+#include "writer.h"
 
 namespace hsmux::agent {
 
 class Group {
  public:
   static absl::StatusOr<std::unique_ptr<Group>> Form(
-      const GroupConfig& config,
-      std::map<std::string, std::shared_ptr<MemberLibrary>>& libraries);
+      const GroupConfig& config, std::map<std::string, std::shared_ptr<MemberLibrary>>& libraries);
 
   const GroupConfig& config() const { return config_; }
   const std::map<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>& mechanisms() const { return mechanisms_; }
@@ -56,17 +54,20 @@ class Group {
   // CKR_DEVICE_ERROR when none is left. `call` runs on a worker thread and
   // must own what it captures. `*used` (if given) is the member that
   // answered.
-  CK_RV RunOnMember(const std::function<bool(size_t)>& filter,
-                    std::function<CK_RV(size_t member, CK_FUNCTION_LIST* fn,
-                                        CK_SESSION_HANDLE session)>
-                        call,
-                    const std::string& what, size_t* used = nullptr);
+  CK_RV RunOnMember(
+      const std::function<bool(size_t)>& filter,
+      std::function<CK_RV(size_t member, CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session)> call,
+      const std::string& what, size_t* used = nullptr);
 
   // Health (DESIGN §5). A call's device-class failure makes the member a
   // suspect: it is probed at once, and only a failed probe takes it out.
   void Suspect(size_t member, CK_RV rv, const std::string& what);
   // Probes a member now (with the probe deadline); takes it out on failure.
   bool Probe(size_t member);
+  // A member that missed a write the others took (a device failure after the
+  // first member answered): out, so that recovery catches it up before it
+  // serves again — it must not serve the old attributes or miss the object.
+  void MissedWrite(size_t member, const std::string& what);
   // Operator actions: take a member out / let it back in (after catch-up).
   absl::Status Drain(const std::string& member);
   absl::Status Readmit(const std::string& member);

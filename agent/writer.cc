@@ -5,16 +5,15 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstring>
 #include <map>
 #include <set>
-#include <chrono>
-
-#include "absl/time/clock.h"
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "group.h"
+#include "absl/time/clock.h"
 #include "audit.h"
+#include "group.h"
 #include "log.h"
 #include "wire/attribute_codec.h"
 #include "wire/errors.h"
@@ -61,22 +60,70 @@ v1::Attribute BytesAttr(const std::string& v) {
 
 // The attributes a replica is made with, taken from the source object.
 const std::vector<CK_ATTRIBUTE_TYPE>& ReplicaTypes(CK_OBJECT_CLASS cls) {
-  static const auto* secret = new std::vector<CK_ATTRIBUTE_TYPE>{
-      CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE, CKA_ID, CKA_SENSITIVE, CKA_ENCRYPT,
-      CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE, CKA_START_DATE,
-      CKA_END_DATE, CKA_COPYABLE, CKA_DESTROYABLE, CKA_WRAP_WITH_TRUSTED, CKA_WRAP_TEMPLATE,
-      CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE, CKA_ALLOWED_MECHANISMS};
-  static const auto* priv = new std::vector<CK_ATTRIBUTE_TYPE>{
-      CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE, CKA_ID, CKA_SENSITIVE, CKA_DECRYPT,
-      CKA_SIGN, CKA_SIGN_RECOVER, CKA_UNWRAP, CKA_DERIVE, CKA_SUBJECT, CKA_START_DATE,
-      CKA_END_DATE, CKA_COPYABLE, CKA_DESTROYABLE, CKA_WRAP_WITH_TRUSTED,
-      CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE, CKA_ALLOWED_MECHANISMS,
-      CKA_ALWAYS_AUTHENTICATE};
-  static const auto* pub = new std::vector<CK_ATTRIBUTE_TYPE>{
-      CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_PRIVATE, CKA_ID, CKA_ENCRYPT, CKA_VERIFY,
-      CKA_VERIFY_RECOVER, CKA_WRAP, CKA_DERIVE, CKA_SUBJECT, CKA_START_DATE, CKA_END_DATE,
-      CKA_COPYABLE, CKA_DESTROYABLE, CKA_WRAP_TEMPLATE, CKA_ALLOWED_MECHANISMS, CKA_MODULUS,
-      CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT};
+  static const auto* secret = new std::vector<CK_ATTRIBUTE_TYPE>{CKA_CLASS,
+                                                                 CKA_KEY_TYPE,
+                                                                 CKA_TOKEN,
+                                                                 CKA_PRIVATE,
+                                                                 CKA_ID,
+                                                                 CKA_SENSITIVE,
+                                                                 CKA_ENCRYPT,
+                                                                 CKA_DECRYPT,
+                                                                 CKA_SIGN,
+                                                                 CKA_VERIFY,
+                                                                 CKA_WRAP,
+                                                                 CKA_UNWRAP,
+                                                                 CKA_DERIVE,
+                                                                 CKA_START_DATE,
+                                                                 CKA_END_DATE,
+                                                                 CKA_COPYABLE,
+                                                                 CKA_DESTROYABLE,
+                                                                 CKA_WRAP_WITH_TRUSTED,
+                                                                 CKA_WRAP_TEMPLATE,
+                                                                 CKA_UNWRAP_TEMPLATE,
+                                                                 CKA_DERIVE_TEMPLATE,
+                                                                 CKA_ALLOWED_MECHANISMS};
+  static const auto* priv = new std::vector<CK_ATTRIBUTE_TYPE>{CKA_CLASS,
+                                                               CKA_KEY_TYPE,
+                                                               CKA_TOKEN,
+                                                               CKA_PRIVATE,
+                                                               CKA_ID,
+                                                               CKA_SENSITIVE,
+                                                               CKA_DECRYPT,
+                                                               CKA_SIGN,
+                                                               CKA_SIGN_RECOVER,
+                                                               CKA_UNWRAP,
+                                                               CKA_DERIVE,
+                                                               CKA_SUBJECT,
+                                                               CKA_START_DATE,
+                                                               CKA_END_DATE,
+                                                               CKA_COPYABLE,
+                                                               CKA_DESTROYABLE,
+                                                               CKA_WRAP_WITH_TRUSTED,
+                                                               CKA_UNWRAP_TEMPLATE,
+                                                               CKA_DERIVE_TEMPLATE,
+                                                               CKA_ALLOWED_MECHANISMS,
+                                                               CKA_ALWAYS_AUTHENTICATE};
+  static const auto* pub = new std::vector<CK_ATTRIBUTE_TYPE>{CKA_CLASS,
+                                                              CKA_KEY_TYPE,
+                                                              CKA_TOKEN,
+                                                              CKA_PRIVATE,
+                                                              CKA_ID,
+                                                              CKA_ENCRYPT,
+                                                              CKA_VERIFY,
+                                                              CKA_VERIFY_RECOVER,
+                                                              CKA_WRAP,
+                                                              CKA_DERIVE,
+                                                              CKA_SUBJECT,
+                                                              CKA_START_DATE,
+                                                              CKA_END_DATE,
+                                                              CKA_COPYABLE,
+                                                              CKA_DESTROYABLE,
+                                                              CKA_WRAP_TEMPLATE,
+                                                              CKA_ALLOWED_MECHANISMS,
+                                                              CKA_MODULUS,
+                                                              CKA_PUBLIC_EXPONENT,
+                                                              CKA_EC_PARAMS,
+                                                              CKA_EC_POINT};
   if (cls == CKO_SECRET_KEY) return *secret;
   if (cls == CKO_PRIVATE_KEY) return *priv;
   return *pub;
@@ -90,11 +137,10 @@ v1::AttributeList ReplicaTemplate(const ObjectSnapshot& snap, const std::string&
     if (a == nullptr) continue;
     // Empty values are the defaults; some tokens refuse them as input
     // (SoftHSM: an empty CKA_START_DATE or attribute array).
-    const bool empty = (a->value_case() == v1::Attribute::kBytes && a->bytes().empty()) ||
-                       (a->value_case() == v1::Attribute::kNested &&
-                        a->nested().attributes_size() == 0) ||
-                       (a->value_case() == v1::Attribute::kMechanisms &&
-                        a->mechanisms().values_size() == 0);
+    const bool empty =
+        (a->value_case() == v1::Attribute::kBytes && a->bytes().empty()) ||
+        (a->value_case() == v1::Attribute::kNested && a->nested().attributes_size() == 0) ||
+        (a->value_case() == v1::Attribute::kMechanisms && a->mechanisms().values_size() == 0);
     if (!empty) *t.add_attributes() = *a;
   }
   SetWire(t, CKA_LABEL, BytesAttr(pending_label));
@@ -124,9 +170,8 @@ CK_RV Writer::OnMember(size_t member, bool keygen,
   absl::MutexLock lock(&m->holder_mutex());
   const CK_SESSION_HANDLE holder = m->holder();
   auto state = std::make_shared<int>(0);
-  CK_RV rv = m->Invoke<int>(timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) {
-    return call(fn, holder);
-  });
+  CK_RV rv = m->Invoke<int>(
+      timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) { return call(fn, holder); });
   if (IsDeviceFailure(rv) && !recovering) group_.Suspect(member, rv, "write");
   return rv;
 }
@@ -236,10 +281,11 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
   auto shared_templates = std::make_shared<const std::vector<v1::AttributeList>>(templates);
   auto run_make = [&](size_t i) -> CK_RV {
     auto out = std::make_shared<std::vector<CK_OBJECT_HANDLE>>(count, CK_INVALID_HANDLE);
-    CK_RV rv = OnMember(i, keygen, [make, i, shared_templates, out](CK_FUNCTION_LIST* fn,
-                                                                    CK_SESSION_HANDLE holder) {
-      return make(i, fn, holder, *shared_templates, out.get());
-    });
+    CK_RV rv =
+        OnMember(i, keygen,
+                 [make, i, shared_templates, out](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+                   return make(i, fn, holder, *shared_templates, out.get());
+                 });
     if (rv == CKR_OK) made[i] = *out;
     return rv;
   };
@@ -247,6 +293,7 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
   auto drop_target = [&](size_t i, const std::string& what, CK_RV rv) {
     LogWarning(absl::StrCat("member ", group_.member(i)->name(), ": ", what, " failed (",
                             wire::CkRvName(rv), "); left to catch-up"));
+    if (IsDeviceFailure(rv)) group_.MissedWrite(i, "a new object");
     for (CK_OBJECT_HANDLE& h : made[i]) {
       if (h == CK_INVALID_HANDLE) continue;
       const CK_OBJECT_HANDLE doomed = h;
@@ -277,15 +324,15 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
     st->session = *session;
     st->object = made[source][k];
     st->member = src;
-    CK_RV rv = src->Invoke<ReadState>(
-        absl::Milliseconds(group_.config().call_timeout_ms), st,
-        [](CK_FUNCTION_LIST*, ReadState& r) {
-          auto snap = ReadObject(*r.member, r.session, r.object);
-          if (!snap.ok()) return wire::GetCkRv(snap.status());
-          r.snapshot = std::move(*snap);
-          r.fingerprint = Fingerprint(*r.member, r.session, r.object, r.snapshot);
-          return CKR_OK;
-        });
+    CK_RV rv = src->Invoke<ReadState>(absl::Milliseconds(group_.config().call_timeout_ms), st,
+                                      [](CK_FUNCTION_LIST*, ReadState& r) {
+                                        auto snap = ReadObject(*r.member, r.session, r.object);
+                                        if (!snap.ok()) return wire::GetCkRv(snap.status());
+                                        r.snapshot = std::move(*snap);
+                                        r.fingerprint =
+                                            Fingerprint(*r.member, r.session, r.object, r.snapshot);
+                                        return CKR_OK;
+                                      });
     src->Release(*session, rv != CKR_OK);
     if (rv != CKR_OK) return fail(CKR_DEVICE_ERROR, "cannot read the new object");
     snaps[k] = std::move(st->snapshot);
@@ -310,21 +357,22 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
       auto blob = std::make_shared<std::string>();
       if (key) {
         const CK_OBJECT_HANDLE wrapping = rk_on(source), target = made[source][k];
-        CK_RV rv = OnMember(source, false, [blob, wrapping, target](CK_FUNCTION_LIST* fn,
-                                                                    CK_SESSION_HANDLE holder) {
-          CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
-          CK_ULONG len = 0;
-          CK_RV r = fn->C_WrapKey(holder, &wrap, wrapping, target, nullptr, &len);
-          if (r != CKR_OK) return r;
-          blob->resize(len);
-          r = fn->C_WrapKey(holder, &wrap, wrapping, target,
-                            reinterpret_cast<CK_BYTE_PTR>(blob->data()), &len);
-          blob->resize(len);
-          return r;
-        });
+        CK_RV rv =
+            OnMember(source, false,
+                     [blob, wrapping, target](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+                       CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+                       CK_ULONG len = 0;
+                       CK_RV r = fn->C_WrapKey(holder, &wrap, wrapping, target, nullptr, &len);
+                       if (r != CKR_OK) return r;
+                       blob->resize(len);
+                       r = fn->C_WrapKey(holder, &wrap, wrapping, target,
+                                         reinterpret_cast<CK_BYTE_PTR>(blob->data()), &len);
+                       blob->resize(len);
+                       return r;
+                     });
         if (rv != CKR_OK) {
-          return fail(CKR_DEVICE_ERROR, absl::StrCat("wrap on ", src->name(), ": ",
-                                                     wire::CkRvName(rv)));
+          return fail(CKR_DEVICE_ERROR,
+                      absl::StrCat("wrap on ", src->name(), ": ", wire::CkRvName(rv)));
         }
         payload.mutable_objects(static_cast<int>(k))->set_wrapped_key(*blob);
       }
@@ -337,16 +385,18 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
         }
         auto out = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
         const CK_OBJECT_HANDLE unwrapping = rk_on(i);
-        CK_RV rv = OnMember(i, false, [key, blob, tmpl, unwrapping, out](
-                                          CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
-          auto native = wire::NativeTemplate::Decode(tmpl);
-          if (!native.ok()) return wire::GetCkRv(native.status());
-          if (!key) return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
-          CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
-          return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
-                                 reinterpret_cast<CK_BYTE_PTR>(blob->data()), blob->size(),
-                                 native->data(), native->size(), out.get());
-        });
+        CK_RV rv = OnMember(
+            i, false,
+            [key, blob, tmpl, unwrapping, out](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+              auto native = wire::NativeTemplate::Decode(tmpl);
+              if (!native.ok()) return wire::GetCkRv(native.status());
+              if (!key)
+                return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
+              CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+              return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
+                                     reinterpret_cast<CK_BYTE_PTR>(blob->data()), blob->size(),
+                                     native->data(), native->size(), out.get());
+            });
         if (rv != CKR_OK) {
           drop_target(i, key ? "unwrap" : "copy", rv);
           continue;
@@ -376,8 +426,8 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
         });
         if (rv != CKR_OK) {
           if (i == source) {
-            return fail(CKR_DEVICE_ERROR, absl::StrCat("completing on ", src->name(), ": ",
-                                                       wire::CkRvName(rv)));
+            return fail(CKR_DEVICE_ERROR,
+                        absl::StrCat("completing on ", src->name(), ": ", wire::CkRvName(rv)));
           }
           drop_target(i, "completing", rv);
           ok = false;
@@ -468,8 +518,8 @@ void Writer::WaitForExternalCopies(size_t source, size_t count,
     if (absl::Now() >= deadline) {
       LogWarning(absl::StrCat("group ", group_.config().label,
                               ": external replication did not copy a new object to every member "
-                              "within ", group_.config().external_wait_ms,
-                              " ms; served from where it is"));
+                              "within ",
+                              group_.config().external_wait_ms, " ms; served from where it is"));
       return;
     }
     absl::SleepFor(absl::Milliseconds(200));
@@ -519,6 +569,7 @@ CK_RV Writer::Destroy(uint64_t logical_id) {
       // The tombstone makes the member drop it when it is next caught up.
       LogWarning(absl::StrCat("member ", group_.member(i)->name(),
                               ": destroy failed, left to catch-up: ", wire::CkRvName(r)));
+      if (IsDeviceFailure(r)) group_.MissedWrite(i, "a destroy");
     }
   }
   if (store_ != nullptr) {
@@ -574,14 +625,14 @@ CK_RV Writer::SetAttributes(uint64_t logical_id, const v1::AttributeList& change
       // The member is in trouble, not the request: catch-up aligns it.
       LogWarning(absl::StrCat("member ", group_.member(i)->name(),
                               ": attribute change left to catch-up (", wire::CkRvName(rv), ")"));
+      group_.MissedWrite(i, "an attribute change");
       continue;
     }
     for (size_t j : done) apply(j, obj->handles[j], old);
     JournalState(seq, "rolled_back");
     if (done.empty()) return rv == kMemberTimedOut ? CKR_DEVICE_ERROR : rv;
     LogError(absl::StrCat("member ", group_.member(i)->name(),
-                          ": attribute change refused after others took it: ",
-                          wire::CkRvName(rv)));
+                          ": attribute change refused after others took it: ", wire::CkRvName(rv)));
     return CKR_DEVICE_ERROR;
   }
   if (done.empty()) {
@@ -603,8 +654,8 @@ absl::Status Writer::CreateReplicationKey() {
   const std::vector<CK_OBJECT_HANDLE> rk = registry_.replication_keys();
   for (size_t i = 0; i < rk.size(); ++i) {
     if (rk[i] != CK_INVALID_HANDLE) {
-      return absl::AlreadyExistsError(absl::StrCat("member ", group_.member(i)->name(),
-                                                   " already has a replication key"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("member ", group_.member(i)->name(), " already has a replication key"));
     }
   }
   for (size_t i = 0; i < group_.member_count(); ++i) {
@@ -630,18 +681,13 @@ absl::Status Writer::CreateReplicationKey() {
       CK_KEY_TYPE kt = CKK_AES;
       CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
       std::string label = kReplicationKeyLabel;
-      CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                             {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                             {CKA_TOKEN, &yes, sizeof(yes)},
-                             {CKA_PRIVATE, &yes, sizeof(yes)},
-                             {CKA_SENSITIVE, &yes, sizeof(yes)},
-                             {CKA_EXTRACTABLE, &no, sizeof(no)},
-                             {CKA_WRAP, &yes, sizeof(yes)},
-                             {CKA_UNWRAP, &yes, sizeof(yes)},
-                             {CKA_ENCRYPT, &no, sizeof(no)},
-                             {CKA_DECRYPT, &no, sizeof(no)},
-                             {CKA_LABEL, label.data(), label.size()},
-                             {CKA_VALUE, value->data(), value->size()}};
+      CK_ATTRIBUTE tmpl[] = {
+          {CKA_CLASS, &cls, sizeof(cls)},          {CKA_KEY_TYPE, &kt, sizeof(kt)},
+          {CKA_TOKEN, &yes, sizeof(yes)},          {CKA_PRIVATE, &yes, sizeof(yes)},
+          {CKA_SENSITIVE, &yes, sizeof(yes)},      {CKA_EXTRACTABLE, &no, sizeof(no)},
+          {CKA_WRAP, &yes, sizeof(yes)},           {CKA_UNWRAP, &yes, sizeof(yes)},
+          {CKA_ENCRYPT, &no, sizeof(no)},          {CKA_DECRYPT, &no, sizeof(no)},
+          {CKA_LABEL, label.data(), label.size()}, {CKA_VALUE, value->data(), value->size()}};
       return fn->C_CreateObject(holder, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), out.get());
     });
     if (rv != CKR_OK) {
@@ -651,16 +697,16 @@ absl::Status Writer::CreateReplicationKey() {
           return fn->C_DestroyObject(holder, doomed);
         });
       }
-      return wire::CkError(rv, absl::StrCat("member ", group_.member(i)->name(),
-                                            ": creating the replication key: ",
-                                            wire::CkRvName(rv)));
+      return wire::CkError(rv,
+                           absl::StrCat("member ", group_.member(i)->name(),
+                                        ": creating the replication key: ", wire::CkRvName(rv)));
     }
     made.emplace_back(i, *out);
   }
   for (auto& [i, h] : made) registry_.SetReplicationKey(i, h);
   Audit("replication_key_created", "admin", {{"group", group_.config().label}});
-  LogInfo(absl::StrCat("audit: group ", group_.config().label,
-                       ": replication key created on ", made.size(), " members"));
+  LogInfo(absl::StrCat("audit: group ", group_.config().label, ": replication key created on ",
+                       made.size(), " members"));
   return absl::OkStatus();
 }
 
@@ -862,21 +908,22 @@ absl::Status Writer::CatchUp(size_t i) {
     }
     auto out = std::make_shared<CK_OBJECT_HANDLE>(CK_INVALID_HANDLE);
     const CK_OBJECT_HANDLE unwrapping = key ? rk[i] : CK_INVALID_HANDLE;
-    CK_RV r = OnMember(i, false, [jo, key, unwrapping, out](CK_FUNCTION_LIST* fn,
-                                                           CK_SESSION_HANDLE holder) {
-      auto native = wire::NativeTemplate::Decode(jo.template_());
-      if (!native.ok()) return wire::GetCkRv(native.status());
-      if (!key) return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
-      std::string blob = jo.wrapped_key();
-      CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
-      return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
-                             reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
-                             native->data(), native->size(), out.get());
-    }, /*recovering=*/true);
+    CK_RV r = OnMember(
+        i, false,
+        [jo, key, unwrapping, out](CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE holder) {
+          auto native = wire::NativeTemplate::Decode(jo.template_());
+          if (!native.ok()) return wire::GetCkRv(native.status());
+          if (!key) return fn->C_CreateObject(holder, native->data(), native->size(), out.get());
+          std::string blob = jo.wrapped_key();
+          CK_MECHANISM unwrap = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
+          return fn->C_UnwrapKey(holder, &unwrap, unwrapping,
+                                 reinterpret_cast<CK_BYTE_PTR>(blob.data()), blob.size(),
+                                 native->data(), native->size(), out.get());
+        },
+        /*recovering=*/true);
     if (r != CKR_OK) {
-      return wire::CkError(CKR_DEVICE_ERROR,
-                           absl::StrCat("catching up '", obj->snapshot.label, "': ",
-                                        wire::CkRvName(r)));
+      return wire::CkError(CKR_DEVICE_ERROR, absl::StrCat("catching up '", obj->snapshot.label,
+                                                          "': ", wire::CkRvName(r)));
     }
     v1::AttributeList finish;
     SetWire(finish, CKA_LABEL, BytesAttr(obj->snapshot.label));

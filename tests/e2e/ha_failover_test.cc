@@ -476,5 +476,32 @@ TEST_F(HaFailover, SetAttributeValueCaughtUpOnAMemberThatFailed) {
   ExpectMembersAlike();
 }
 
+// A member that answers a device error to the change after another member
+// took it, but then passes the probe, must not keep serving the old values:
+// it is taken out and caught up.
+TEST_F(HaFailover, SetAttributeValueMissedByAMemberThatPassesTheProbe) {
+  Members& m = Members::Get();
+  ASSERT_TRUE(m.ok()) << m.error();
+  const std::string label = Unique("set-attr-probe"), renamed = Unique("set-attr-probe-renamed");
+  SecretUse use;
+  use.encrypt = true;
+  CK_RV rv;
+  const CK_OBJECT_HANDLE key = CreateTokenSecret(p_, s_, CKK_AES, RandomBytes(32), use, label, &rv);
+  ASSERT_EQ(rv, CKR_OK);
+  ASSERT_TRUE(TestwrapCtl("member-b", {"fail_rv=" + RvArg(CKR_DEVICE_ERROR),
+                                       "fail_functions=C_SetAttributeValue", "fail_count=1"}));
+  Attrs change;
+  change.Str(CKA_LABEL, renamed);
+  EXPECT_EQ(p_->C_SetAttributeValue(s_, key, change.data(), change.size()), CKR_OK);
+  EXPECT_EQ(AttrStr(p_, s_, key, CKA_LABEL), renamed);
+  // Out at once (it passes probes, so only the missed write takes it out),
+  // then back by itself, caught up.
+  std::string raw;
+  ASSERT_TRUE(WaitAllHealthy(30000, &raw)) << raw;
+  EXPECT_EQ(m.Label(1, renamed).size(), 1u) << "b not caught up";
+  EXPECT_TRUE(m.Label(1, label).empty()) << "b still serves the old label";
+  ExpectMembersAlike();
+}
+
 }  // namespace
 }  // namespace hsmux::grouptest
