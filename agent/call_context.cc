@@ -3,11 +3,11 @@
 #include <fnmatch.h>
 
 #include "absl/strings/numbers.h"
-#include "agent.h"
-#include "wire/mechanism_codec.h"
-#include "log.h"
 #include "absl/strings/str_cat.h"
+#include "agent.h"
+#include "log.h"
 #include "wire/attribute_codec.h"
+#include "wire/mechanism_codec.h"
 
 namespace hsmux::agent {
 namespace {
@@ -83,7 +83,8 @@ absl::StatusOr<const v1::AttributeQueryList*> CallContext::Queries(int i) const 
   if (i >= request_.args_size() || !request_.args(i).has_queries()) return BadArg(i);
   if (static_cast<uint64_t>(request_.args(i).queries().queries_size()) >
       agent_.config().max_template_attributes) {
-    LogWarning(absl::StrCat("instance ", instance_->id, ": refused: template longer than "
+    LogWarning(absl::StrCat("instance ", instance_->id,
+                            ": refused: template longer than "
                             "max_template_attributes"));
     return wire::CkError(CKR_TEMPLATE_INCONSISTENT, "template too long");
   }
@@ -204,7 +205,8 @@ absl::StatusOr<ObjectRef> CallContext::Object(const ClientSession& session, uint
             auto native = wire::NativeTemplate::Decode(*tmpl);
             if (!native.ok()) return wire::GetCkRv(native.status());
             return fn->C_CreateObject(holder, native->data(), native->size(), &out);
-          });
+          },
+          holder);
     }
     if (rv != CKR_OK) return wire::CkError(invalid_rv, "session object could not be made again");
     absl::MutexLock lock(&instance_->mu);

@@ -133,8 +133,9 @@ CK_RV Group::RunOnMember(const std::function<bool(size_t)>& filter,
       InFlight f(m);
       auto state = std::make_shared<int>(0);
       const CK_SESSION_HANDLE h = *session;
-      rv = m->Invoke<int>(absl::Milliseconds(config_.call_timeout_ms), state,
-                          [call, i, h](CK_FUNCTION_LIST* fn, int&) { return call(i, fn, h); });
+      rv = m->Invoke<int>(
+          absl::Milliseconds(config_.call_timeout_ms), state,
+          [call, i, h](CK_FUNCTION_LIST* fn, int&) { return call(i, fn, h); }, h);
       if (rv == CKR_GENERAL_ERROR && !Probe(i)) rv = CKR_DEVICE_ERROR;
       m->Release(h, rv != CKR_OK);
     }
@@ -191,7 +192,8 @@ bool Group::Probe(size_t i) {
   st->slot = m->slot();
   st->holder = m->holder();
   CK_RV rv = m->Invoke<ProbeState>(
-      absl::Milliseconds(config_.probe_timeout_ms), st, [](CK_FUNCTION_LIST* fn, ProbeState& p) {
+      absl::Milliseconds(config_.probe_timeout_ms), st,
+      [](CK_FUNCTION_LIST* fn, ProbeState& p) {
         CK_TOKEN_INFO token;
         std::memset(&token, 0, sizeof(token));
         CK_RV r = fn->C_GetTokenInfo(p.slot, &token);
@@ -202,7 +204,8 @@ bool Group::Probe(size_t i) {
         if (r != CKR_OK) return r;
         // The agent's login must still hold.
         return info.state == CKS_RW_USER_FUNCTIONS ? CKR_OK : CKR_USER_NOT_LOGGED_IN;
-      });
+      },
+      st->holder);
   if (rv == CKR_OK) return true;
   MarkDown(i, rv == kMemberTimedOut ? "probe got no answer in time"
                                     : "probe answered " + wire::CkRvName(rv));

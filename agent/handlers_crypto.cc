@@ -32,13 +32,13 @@ namespace {
 using wire::F;
 
 enum class Shape {
-  kInit,        // (session, mechanism, key)
-  kInitNoKey,   // (session, mechanism): C_DigestInit
-  kInOut,       // (session, in, out): single-part calls and output updates
-  kIn,          // (session, in): input-only updates, C_VerifyFinal
-  kOut,         // (session, out): finals
-  kInIn,        // (session, data, signature): C_Verify
-  kKey,         // (session, key): C_DigestKey
+  kInit,       // (session, mechanism, key)
+  kInitNoKey,  // (session, mechanism): C_DigestInit
+  kInOut,      // (session, in, out): single-part calls and output updates
+  kIn,         // (session, in): input-only updates, C_VerifyFinal
+  kOut,        // (session, out): finals
+  kInIn,       // (session, data, signature): C_Verify
+  kKey,        // (session, key): C_DigestKey
 };
 
 using wire::Part;
@@ -90,47 +90,73 @@ std::optional<OpSpec> SpecOf(F f) {
 
 InitFn InitFnOf(F f) {
   switch (f) {
-    case F::kEncryptInit: return &CK_FUNCTION_LIST::C_EncryptInit;
-    case F::kDecryptInit: return &CK_FUNCTION_LIST::C_DecryptInit;
-    case F::kSignInit: return &CK_FUNCTION_LIST::C_SignInit;
-    case F::kVerifyInit: return &CK_FUNCTION_LIST::C_VerifyInit;
-    case F::kSignRecoverInit: return &CK_FUNCTION_LIST::C_SignRecoverInit;
-    default: return &CK_FUNCTION_LIST::C_VerifyRecoverInit;
+    case F::kEncryptInit:
+      return &CK_FUNCTION_LIST::C_EncryptInit;
+    case F::kDecryptInit:
+      return &CK_FUNCTION_LIST::C_DecryptInit;
+    case F::kSignInit:
+      return &CK_FUNCTION_LIST::C_SignInit;
+    case F::kVerifyInit:
+      return &CK_FUNCTION_LIST::C_VerifyInit;
+    case F::kSignRecoverInit:
+      return &CK_FUNCTION_LIST::C_SignRecoverInit;
+    default:
+      return &CK_FUNCTION_LIST::C_VerifyRecoverInit;
   }
 }
 
 InOutFn InOutFnOf(F f) {
   switch (f) {
-    case F::kEncrypt: return &CK_FUNCTION_LIST::C_Encrypt;
-    case F::kDecrypt: return &CK_FUNCTION_LIST::C_Decrypt;
-    case F::kDigest: return &CK_FUNCTION_LIST::C_Digest;
-    case F::kSign: return &CK_FUNCTION_LIST::C_Sign;
-    case F::kSignRecover: return &CK_FUNCTION_LIST::C_SignRecover;
-    case F::kVerifyRecover: return &CK_FUNCTION_LIST::C_VerifyRecover;
-    case F::kEncryptUpdate: return &CK_FUNCTION_LIST::C_EncryptUpdate;
-    case F::kDecryptUpdate: return &CK_FUNCTION_LIST::C_DecryptUpdate;
-    case F::kDigestEncryptUpdate: return &CK_FUNCTION_LIST::C_DigestEncryptUpdate;
-    case F::kDecryptDigestUpdate: return &CK_FUNCTION_LIST::C_DecryptDigestUpdate;
-    case F::kSignEncryptUpdate: return &CK_FUNCTION_LIST::C_SignEncryptUpdate;
-    default: return &CK_FUNCTION_LIST::C_DecryptVerifyUpdate;
+    case F::kEncrypt:
+      return &CK_FUNCTION_LIST::C_Encrypt;
+    case F::kDecrypt:
+      return &CK_FUNCTION_LIST::C_Decrypt;
+    case F::kDigest:
+      return &CK_FUNCTION_LIST::C_Digest;
+    case F::kSign:
+      return &CK_FUNCTION_LIST::C_Sign;
+    case F::kSignRecover:
+      return &CK_FUNCTION_LIST::C_SignRecover;
+    case F::kVerifyRecover:
+      return &CK_FUNCTION_LIST::C_VerifyRecover;
+    case F::kEncryptUpdate:
+      return &CK_FUNCTION_LIST::C_EncryptUpdate;
+    case F::kDecryptUpdate:
+      return &CK_FUNCTION_LIST::C_DecryptUpdate;
+    case F::kDigestEncryptUpdate:
+      return &CK_FUNCTION_LIST::C_DigestEncryptUpdate;
+    case F::kDecryptDigestUpdate:
+      return &CK_FUNCTION_LIST::C_DecryptDigestUpdate;
+    case F::kSignEncryptUpdate:
+      return &CK_FUNCTION_LIST::C_SignEncryptUpdate;
+    default:
+      return &CK_FUNCTION_LIST::C_DecryptVerifyUpdate;
   }
 }
 
 InFn InFnOf(F f) {
   switch (f) {
-    case F::kDigestUpdate: return &CK_FUNCTION_LIST::C_DigestUpdate;
-    case F::kSignUpdate: return &CK_FUNCTION_LIST::C_SignUpdate;
-    case F::kVerifyUpdate: return &CK_FUNCTION_LIST::C_VerifyUpdate;
-    default: return &CK_FUNCTION_LIST::C_VerifyFinal;
+    case F::kDigestUpdate:
+      return &CK_FUNCTION_LIST::C_DigestUpdate;
+    case F::kSignUpdate:
+      return &CK_FUNCTION_LIST::C_SignUpdate;
+    case F::kVerifyUpdate:
+      return &CK_FUNCTION_LIST::C_VerifyUpdate;
+    default:
+      return &CK_FUNCTION_LIST::C_VerifyFinal;
   }
 }
 
 OutFn OutFnOf(F f) {
   switch (f) {
-    case F::kEncryptFinal: return &CK_FUNCTION_LIST::C_EncryptFinal;
-    case F::kDecryptFinal: return &CK_FUNCTION_LIST::C_DecryptFinal;
-    case F::kDigestFinal: return &CK_FUNCTION_LIST::C_DigestFinal;
-    default: return &CK_FUNCTION_LIST::C_SignFinal;
+    case F::kEncryptFinal:
+      return &CK_FUNCTION_LIST::C_EncryptFinal;
+    case F::kDecryptFinal:
+      return &CK_FUNCTION_LIST::C_DecryptFinal;
+    case F::kDigestFinal:
+      return &CK_FUNCTION_LIST::C_DigestFinal;
+    default:
+      return &CK_FUNCTION_LIST::C_SignFinal;
   }
 }
 
@@ -162,26 +188,40 @@ void EndOne(ClientSession& s, OpKind k) {
 
 CK_FLAGS MechanismFlagFor(OpKind k) {
   switch (k) {
-    case OpKind::kEncrypt: return CKF_ENCRYPT;
-    case OpKind::kDecrypt: return CKF_DECRYPT;
-    case OpKind::kDigest: return CKF_DIGEST;
-    case OpKind::kSign: return CKF_SIGN;
-    case OpKind::kVerify: return CKF_VERIFY;
-    case OpKind::kSignRecover: return CKF_SIGN_RECOVER;
-    case OpKind::kVerifyRecover: return CKF_VERIFY_RECOVER;
+    case OpKind::kEncrypt:
+      return CKF_ENCRYPT;
+    case OpKind::kDecrypt:
+      return CKF_DECRYPT;
+    case OpKind::kDigest:
+      return CKF_DIGEST;
+    case OpKind::kSign:
+      return CKF_SIGN;
+    case OpKind::kVerify:
+      return CKF_VERIFY;
+    case OpKind::kSignRecover:
+      return CKF_SIGN_RECOVER;
+    case OpKind::kVerifyRecover:
+      return CKF_VERIFY_RECOVER;
   }
   return 0;
 }
 
 CK_ATTRIBUTE_TYPE UsageFor(OpKind k) {
   switch (k) {
-    case OpKind::kEncrypt: return CKA_ENCRYPT;
-    case OpKind::kDecrypt: return CKA_DECRYPT;
-    case OpKind::kSign: return CKA_SIGN;
-    case OpKind::kVerify: return CKA_VERIFY;
-    case OpKind::kSignRecover: return CKA_SIGN_RECOVER;
-    case OpKind::kVerifyRecover: return CKA_VERIFY_RECOVER;
-    default: return 0;
+    case OpKind::kEncrypt:
+      return CKA_ENCRYPT;
+    case OpKind::kDecrypt:
+      return CKA_DECRYPT;
+    case OpKind::kSign:
+      return CKA_SIGN;
+    case OpKind::kVerify:
+      return CKA_VERIFY;
+    case OpKind::kSignRecover:
+      return CKA_SIGN_RECOVER;
+    case OpKind::kVerifyRecover:
+      return CKA_VERIFY_RECOVER;
+    default:
+      return 0;
   }
 }
 
@@ -189,17 +229,36 @@ CK_ATTRIBUTE_TYPE UsageFor(OpKind k) {
 // member decides when the operation runs).
 std::vector<CK_KEY_TYPE> KeyTypesFor(CK_MECHANISM_TYPE m) {
   switch (m) {
-    case CKM_RSA_PKCS: case CKM_RSA_X_509: case CKM_RSA_PKCS_OAEP: case CKM_RSA_PKCS_PSS:
-    case CKM_MD5_RSA_PKCS: case CKM_SHA1_RSA_PKCS: case CKM_SHA224_RSA_PKCS:
-    case CKM_SHA256_RSA_PKCS: case CKM_SHA384_RSA_PKCS: case CKM_SHA512_RSA_PKCS:
-    case CKM_SHA1_RSA_PKCS_PSS: case CKM_SHA224_RSA_PKCS_PSS: case CKM_SHA256_RSA_PKCS_PSS:
-    case CKM_SHA384_RSA_PKCS_PSS: case CKM_SHA512_RSA_PKCS_PSS:
+    case CKM_RSA_PKCS:
+    case CKM_RSA_X_509:
+    case CKM_RSA_PKCS_OAEP:
+    case CKM_RSA_PKCS_PSS:
+    case CKM_MD5_RSA_PKCS:
+    case CKM_SHA1_RSA_PKCS:
+    case CKM_SHA224_RSA_PKCS:
+    case CKM_SHA256_RSA_PKCS:
+    case CKM_SHA384_RSA_PKCS:
+    case CKM_SHA512_RSA_PKCS:
+    case CKM_SHA1_RSA_PKCS_PSS:
+    case CKM_SHA224_RSA_PKCS_PSS:
+    case CKM_SHA256_RSA_PKCS_PSS:
+    case CKM_SHA384_RSA_PKCS_PSS:
+    case CKM_SHA512_RSA_PKCS_PSS:
       return {CKK_RSA};
-    case CKM_ECDSA: case CKM_ECDSA_SHA1: case CKM_ECDSA_SHA224: case CKM_ECDSA_SHA256:
-    case CKM_ECDSA_SHA384: case CKM_ECDSA_SHA512:
+    case CKM_ECDSA:
+    case CKM_ECDSA_SHA1:
+    case CKM_ECDSA_SHA224:
+    case CKM_ECDSA_SHA256:
+    case CKM_ECDSA_SHA384:
+    case CKM_ECDSA_SHA512:
       return {CKK_EC};
-    case CKM_AES_ECB: case CKM_AES_CBC: case CKM_AES_CBC_PAD: case CKM_AES_CTR:
-    case CKM_AES_GCM: case CKM_AES_CMAC: case CKM_AES_CMAC_GENERAL:
+    case CKM_AES_ECB:
+    case CKM_AES_CBC:
+    case CKM_AES_CBC_PAD:
+    case CKM_AES_CTR:
+    case CKM_AES_GCM:
+    case CKM_AES_CMAC:
+    case CKM_AES_CMAC_GENERAL:
       return {CKK_AES};
     default:
       return {};
@@ -266,13 +325,27 @@ absl::StatusOr<KeyFacts> FactsOf(CallContext& ctx, ClientSession& s, const Objec
 // CKR_MECHANISM_PARAM_INVALID (SoftHSM says CKR_ARGUMENTS_BAD).
 bool RequiresParameter(CK_MECHANISM_TYPE m) {
   switch (m) {
-    case CKM_AES_CBC: case CKM_AES_CBC_PAD: case CKM_AES_CTR: case CKM_AES_GCM:
-    case CKM_DES_CBC: case CKM_DES_CBC_PAD: case CKM_DES3_CBC: case CKM_DES3_CBC_PAD:
-    case CKM_RSA_PKCS_PSS: case CKM_SHA1_RSA_PKCS_PSS: case CKM_SHA224_RSA_PKCS_PSS:
-    case CKM_SHA256_RSA_PKCS_PSS: case CKM_SHA384_RSA_PKCS_PSS: case CKM_SHA512_RSA_PKCS_PSS:
+    case CKM_AES_CBC:
+    case CKM_AES_CBC_PAD:
+    case CKM_AES_CTR:
+    case CKM_AES_GCM:
+    case CKM_DES_CBC:
+    case CKM_DES_CBC_PAD:
+    case CKM_DES3_CBC:
+    case CKM_DES3_CBC_PAD:
+    case CKM_RSA_PKCS_PSS:
+    case CKM_SHA1_RSA_PKCS_PSS:
+    case CKM_SHA224_RSA_PKCS_PSS:
+    case CKM_SHA256_RSA_PKCS_PSS:
+    case CKM_SHA384_RSA_PKCS_PSS:
+    case CKM_SHA512_RSA_PKCS_PSS:
     case CKM_RSA_PKCS_OAEP:
-    case CKM_SHA_1_HMAC_GENERAL: case CKM_SHA224_HMAC_GENERAL: case CKM_SHA256_HMAC_GENERAL:
-    case CKM_SHA384_HMAC_GENERAL: case CKM_SHA512_HMAC_GENERAL: case CKM_AES_CMAC_GENERAL:
+    case CKM_SHA_1_HMAC_GENERAL:
+    case CKM_SHA224_HMAC_GENERAL:
+    case CKM_SHA256_HMAC_GENERAL:
+    case CKM_SHA384_HMAC_GENERAL:
+    case CKM_SHA512_HMAC_GENERAL:
+    case CKM_AES_CMAC_GENERAL:
       return true;
     default:
       return false;
@@ -305,12 +378,18 @@ struct InitCall {
     CK_ULONG sink_len = sink.size();
     CK_BYTE_PTR out = reinterpret_cast<CK_BYTE_PTR>(sink.data());
     switch (static_cast<OpKind>(c.kind)) {
-      case OpKind::kEncrypt: return fn->C_EncryptUpdate(c.session, in, n, out, &sink_len);
-      case OpKind::kDecrypt: return fn->C_DecryptUpdate(c.session, in, n, out, &sink_len);
-      case OpKind::kDigest: return fn->C_DigestUpdate(c.session, in, n);
-      case OpKind::kSign: return fn->C_SignUpdate(c.session, in, n);
-      case OpKind::kVerify: return fn->C_VerifyUpdate(c.session, in, n);
-      default: return CKR_FUNCTION_FAILED;
+      case OpKind::kEncrypt:
+        return fn->C_EncryptUpdate(c.session, in, n, out, &sink_len);
+      case OpKind::kDecrypt:
+        return fn->C_DecryptUpdate(c.session, in, n, out, &sink_len);
+      case OpKind::kDigest:
+        return fn->C_DigestUpdate(c.session, in, n);
+      case OpKind::kSign:
+        return fn->C_SignUpdate(c.session, in, n);
+      case OpKind::kVerify:
+        return fn->C_VerifyUpdate(c.session, in, n);
+      default:
+        return CKR_FUNCTION_FAILED;
     }
   }
 };
@@ -344,8 +423,7 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
       bool moved = false;
       for (size_t k : to_init) {
         auto& key = s.pending[k]->key;
-        if (!key.has_value() || key->logical_id != 0 ||
-            group.member(key->member)->healthy.load()) {
+        if (!key.has_value() || key->logical_id != 0 || group.member(key->member)->healthy.load()) {
           continue;
         }
         // A session key whose member failed: made again elsewhere if
@@ -395,15 +473,15 @@ CK_RV Materialize(CallContext& ctx, ClientSession& s, F f, const std::set<size_t
       s.pending[k].reset();
       continue;
     }
-    CK_RV rv = m->Invoke<InitCall>(timeout, call,
-                                   [](CK_FUNCTION_LIST* fn, InitCall& c) { return c.Run(fn); });
+    CK_RV rv = m->Invoke<InitCall>(
+        timeout, call, [](CK_FUNCTION_LIST* fn, InitCall& c) { return c.Run(fn); }, s.op_session);
     if (rv != CKR_OK) {
       if (IsDeviceFailure(rv)) return rv;
       // The member refused what the agent's checks let through: the error
       // surfaces on this call, and the operation ends as the spec says.
       LogInfo(absl::StrCat("member ", m->name(), ": deferred Init for ",
-                           wire::FunctionName(static_cast<uint32_t>(f)), " refused: ",
-                           wire::CkRvName(rv)));
+                           wire::FunctionName(static_cast<uint32_t>(f)),
+                           " refused: ", wire::CkRvName(rv)));
       EndAll(s, /*dirty=*/true);
       return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
     }
@@ -515,8 +593,7 @@ CK_RV RunInit(CallContext& ctx, ClientSession& s, const OpSpec& spec) {
   // The parameter must decode for this mechanism (CKR_MECHANISM_PARAM_INVALID).
   ASSIGN_OR_RV(wire::NativeMechanism check, wire::NativeMechanism::Decode(*mech));
   (void)check;
-  if (RequiresParameter(mech->type()) &&
-      mech->params_case() == v1::Mechanism::PARAMS_NOT_SET) {
+  if (RequiresParameter(mech->type()) && mech->params_case() == v1::Mechanism::PARAMS_NOT_SET) {
     return CKR_MECHANISM_PARAM_INVALID;
   }
   PendingOp op;
@@ -698,8 +775,9 @@ CK_RV OperationCall(CallContext& ctx) {
       }
       call->session = s.op_session;
       InFlight inflight(m);
-      rv = m->Invoke<DataCall>(absl::Milliseconds(s.group->config().call_timeout_ms), call,
-                               [](CK_FUNCTION_LIST* fn, DataCall& c) { return c.Run(fn); });
+      rv = m->Invoke<DataCall>(
+          absl::Milliseconds(s.group->config().call_timeout_ms), call,
+          [](CK_FUNCTION_LIST* fn, DataCall& c) { return c.Run(fn); }, call->session);
       if (rv == CKR_GENERAL_ERROR && !s.group->Probe(static_cast<size_t>(s.op_member))) {
         rv = CKR_DEVICE_ERROR;  // the member is sick, not the input
       }
@@ -707,8 +785,8 @@ CK_RV OperationCall(CallContext& ctx) {
         // The member refused at Init what the agent's checks let through:
         // the error surfaces on this call, and the operation ends.
         LogInfo(absl::StrCat("member ", m->name(), ": deferred Init for ",
-                             wire::FunctionName(static_cast<uint32_t>(f)), " refused: ",
-                             wire::CkRvName(rv)));
+                             wire::FunctionName(static_cast<uint32_t>(f)),
+                             " refused: ", wire::CkRvName(rv)));
         EndAll(s, /*dirty=*/true);
         return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
       }

@@ -55,7 +55,7 @@ bool IsDeviceFailure(CK_RV rv) {
     case CKR_TOKEN_NOT_RECOGNIZED:
     case CKR_SESSION_HANDLE_INVALID:  // our member session, not the client's
     case CKR_SESSION_CLOSED:
-    case CKR_USER_NOT_LOGGED_IN:      // the member lost its login
+    case CKR_USER_NOT_LOGGED_IN:  // the member lost its login
     case CKR_CRYPTOKI_NOT_INITIALIZED:
       return true;
     default:
@@ -97,9 +97,9 @@ void ConnectOnWorker(CK_FUNCTION_LIST* fn, const MemberConfig& cfg, uint32_t poo
     if (!(info.flags & CKF_TOKEN_INITIALIZED)) continue;
     const bool label_ok =
         cfg.token_label.empty() || Trimmed(info.label, sizeof(info.label)) == cfg.token_label;
-    const bool serial_ok = cfg.token_serial.empty() ||
-                           Trimmed(info.serialNumber, sizeof(info.serialNumber)) ==
-                               cfg.token_serial;
+    const bool serial_ok =
+        cfg.token_serial.empty() ||
+        Trimmed(info.serialNumber, sizeof(info.serialNumber)) == cfg.token_serial;
     if (label_ok && serial_ok) {
       ++found;
       r.slot = s;
@@ -180,11 +180,40 @@ void Member::Disconnect() {
     holder_ = CK_INVALID_HANDLE;
   }
   // Closing may hang on a hung member: never wait for it.
+  for (CK_SESSION_HANDLE h : idle) CloseWhenIdle(h);
+  if (holder != CK_INVALID_HANDLE) CloseWhenIdle(holder);
+}
+
+void Member::BeginUse(CK_SESSION_HANDLE session) {
+  if (session == CK_INVALID_HANDLE) return;
+  absl::MutexLock lock(&use_mu_);
+  ++in_use_[session];
+}
+
+void Member::EndUse(CK_SESSION_HANDLE session) {
+  if (session == CK_INVALID_HANDLE) return;
+  bool close = false;
+  {
+    absl::MutexLock lock(&use_mu_);
+    auto it = in_use_.find(session);
+    if (it == in_use_.end() || --it->second > 0) return;
+    in_use_.erase(it);
+    close = closing_.erase(session) > 0;
+  }
+  // On the worker that ran the call, now that it has returned.
+  if (close) fn()->C_CloseSession(session);
+}
+
+void Member::CloseWhenIdle(CK_SESSION_HANDLE session) {
+  {
+    absl::MutexLock lock(&use_mu_);
+    if (in_use_.count(session) > 0) {
+      closing_.insert(session);
+      return;
+    }
+  }
   CK_FUNCTION_LIST* f = fn();
-  executor_.Post([f, idle, holder] {
-    for (CK_SESSION_HANDLE h : idle) f->C_CloseSession(h);
-    if (holder != CK_INVALID_HANDLE) f->C_CloseSession(holder);
-  });
+  executor_.Post([f, session] { f->C_CloseSession(session); });
 }
 
 std::string Member::down_reason() {
@@ -197,8 +226,7 @@ void Member::set_down_reason(std::string why) {
   down_reason_ = std::move(why);
 }
 
-void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms,
-                           uint32_t open_timeout_ms) {
+void Member::ConfigurePool(uint32_t min, uint32_t max, uint32_t wait_ms, uint32_t open_timeout_ms) {
   pool_min_ = min;
   pool_max_ = max;
   pool_wait_ms_ = wait_ms;
@@ -227,10 +255,8 @@ absl::StatusOr<CK_SESSION_HANDLE> Member::Acquire() {
   auto h = std::make_shared<CK_SESSION_HANDLE>(CK_INVALID_HANDLE);
   const CK_SLOT_ID slot = slot_;
   CK_RV rv = Invoke<CK_SESSION_HANDLE>(
-      absl::Milliseconds(open_timeout_ms_), h,
-      [slot](CK_FUNCTION_LIST* f, CK_SESSION_HANDLE& out) {
-        return f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                                &out);
+      absl::Milliseconds(open_timeout_ms_), h, [slot](CK_FUNCTION_LIST* f, CK_SESSION_HANDLE& out) {
+        return f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &out);
       });
   absl::MutexLock lock(&pool_mu_);
   if (rv != CKR_OK) {
@@ -254,8 +280,7 @@ void Member::Release(CK_SESSION_HANDLE session, bool dirty) {
     --open_;
   }
   // Closing may hang on a sick member: never wait for it.
-  CK_FUNCTION_LIST* f = fn();
-  executor_.Post([f, session] { f->C_CloseSession(session); });
+  CloseWhenIdle(session);
 }
 
 uint32_t Member::open_sessions() {

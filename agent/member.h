@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,13 +72,22 @@ class Member {
   CallExecutor& executor() { return executor_; }
 
   // Runs `call` on a worker with a deadline; kMemberTimedOut if it overran
-  // (it keeps running; `state` stays alive with it).
+  // (it keeps running; `state` stays alive with it). `session` is the member
+  // session the call uses, if any: it is not closed while the call runs, also
+  // after the caller gave up on it — a hung call released later must not
+  // meet a session closed under it (SoftHSM frees the session's operation
+  // state while the call still reads it).
   template <typename State>
   CK_RV Invoke(absl::Duration timeout, std::shared_ptr<State> state,
-               std::function<CK_RV(CK_FUNCTION_LIST*, State&)> call) {
+               std::function<CK_RV(CK_FUNCTION_LIST*, State&)> call,
+               CK_SESSION_HANDLE session = CK_INVALID_HANDLE) {
     auto rv = std::make_shared<CK_RV>(CKR_GENERAL_ERROR);
     CK_FUNCTION_LIST* f = fn();
-    const bool done = executor_.Run(timeout, [rv, state, call, f] { *rv = call(f, *state); });
+    BeginUse(session);
+    const bool done = executor_.Run(timeout, [this, rv, state, call, f, session] {
+      *rv = call(f, *state);
+      EndUse(session);
+    });
     return done ? *rv : kMemberTimedOut;
   }
 
@@ -104,18 +113,18 @@ class Member {
   // Load and health, read by routing and reported by hsmuxctl/metrics.
   std::atomic<int> inflight{0};
   std::atomic<uint64_t> calls{0};
-  std::atomic<uint64_t> failovers{0};  // calls moved off this member
-  std::atomic<uint64_t> replays{0};    // multi-part operations replayed onto it
+  std::atomic<uint64_t> failovers{0};   // calls moved off this member
+  std::atomic<uint64_t> replays{0};     // multi-part operations replayed onto it
   std::atomic<uint64_t> pool_waits{0};  // Acquire calls that found every session busy
   // Call latency histogram (microseconds), read by the metrics endpoint.
-  static constexpr double kLatencyBucketsUs[] = {100, 250, 500, 1000, 2500, 5000, 10000,
-                                                 25000, 100000, 1000000};
+  static constexpr double kLatencyBucketsUs[] = {100,  250,   500,   1000,   2500,
+                                                 5000, 10000, 25000, 100000, 1000000};
   static constexpr size_t kLatencyBuckets = sizeof(kLatencyBucketsUs) / sizeof(double);
   std::array<std::atomic<uint64_t>, kLatencyBuckets + 1> latency_counts{};
   std::atomic<uint64_t> latency_sum_us{0};
   void RecordLatency(uint64_t us) {
     size_t b = 0;
-    while (b < kLatencyBuckets && static_cast<double>(us) > kLatencyBucketsUs[b]) ++b;
+    while (b<kLatencyBuckets&& static_cast<double>(us)> kLatencyBucketsUs[b]) ++b;
     latency_counts[b].fetch_add(1);
     latency_sum_us.fetch_add(us);
   }
@@ -141,6 +150,14 @@ class Member {
   CK_SESSION_HANDLE holder_ = CK_INVALID_HANDLE;
   absl::Mutex holder_mu_;
 
+  // Sessions a call is running on, and those to close when it returns.
+  void BeginUse(CK_SESSION_HANDLE session);
+  void EndUse(CK_SESSION_HANDLE session);
+  void CloseWhenIdle(CK_SESSION_HANDLE session);
+  absl::Mutex use_mu_;
+  std::map<CK_SESSION_HANDLE, int> in_use_ ABSL_GUARDED_BY(use_mu_);
+  std::set<CK_SESSION_HANDLE> closing_ ABSL_GUARDED_BY(use_mu_);
+
   absl::Mutex pool_mu_;
   std::vector<CK_SESSION_HANDLE> idle_ ABSL_GUARDED_BY(pool_mu_);
   std::set<CK_SESSION_HANDLE> current_ ABSL_GUARDED_BY(pool_mu_);  // this connection's
@@ -161,10 +178,9 @@ class InFlight {
   }
   ~InFlight() {
     m_->inflight.fetch_sub(1);
-    m_->RecordLatency(static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
-                                                              start_)
-            .count()));
+    m_->RecordLatency(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                std::chrono::steady_clock::now() - start_)
+                                                .count()));
   }
   InFlight(const InFlight&) = delete;
   InFlight& operator=(const InFlight&) = delete;

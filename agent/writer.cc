@@ -171,7 +171,8 @@ CK_RV Writer::OnMember(size_t member, bool keygen,
   const CK_SESSION_HANDLE holder = m->holder();
   auto state = std::make_shared<int>(0);
   CK_RV rv = m->Invoke<int>(
-      timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) { return call(fn, holder); });
+      timeout, state, [call, holder](CK_FUNCTION_LIST* fn, int&) { return call(fn, holder); },
+      holder);
   if (IsDeviceFailure(rv) && !recovering) group_.Suspect(member, rv, "write");
   return rv;
 }
@@ -324,15 +325,16 @@ absl::StatusOr<std::vector<uint64_t>> Writer::Create(How how, size_t source,
     st->session = *session;
     st->object = made[source][k];
     st->member = src;
-    CK_RV rv = src->Invoke<ReadState>(absl::Milliseconds(group_.config().call_timeout_ms), st,
-                                      [](CK_FUNCTION_LIST*, ReadState& r) {
-                                        auto snap = ReadObject(*r.member, r.session, r.object);
-                                        if (!snap.ok()) return wire::GetCkRv(snap.status());
-                                        r.snapshot = std::move(*snap);
-                                        r.fingerprint =
-                                            Fingerprint(*r.member, r.session, r.object, r.snapshot);
-                                        return CKR_OK;
-                                      });
+    CK_RV rv = src->Invoke<ReadState>(
+        absl::Milliseconds(group_.config().call_timeout_ms), st,
+        [](CK_FUNCTION_LIST*, ReadState& r) {
+          auto snap = ReadObject(*r.member, r.session, r.object);
+          if (!snap.ok()) return wire::GetCkRv(snap.status());
+          r.snapshot = std::move(*snap);
+          r.fingerprint = Fingerprint(*r.member, r.session, r.object, r.snapshot);
+          return CKR_OK;
+        },
+        *session);
     src->Release(*session, rv != CKR_OK);
     if (rv != CKR_OK) return fail(CKR_DEVICE_ERROR, "cannot read the new object");
     snaps[k] = std::move(st->snapshot);
@@ -762,8 +764,9 @@ absl::Status Writer::CatchUp(size_t i) {
   auto scan = std::make_shared<MemberScan>();
   scan->member = m;
   scan->session = session;
-  CK_RV rv = m->Invoke<MemberScan>(absl::Milliseconds(group_.config().keygen_timeout_ms), scan,
-                                   [](CK_FUNCTION_LIST*, MemberScan& s) { return ScanMember(s); });
+  CK_RV rv = m->Invoke<MemberScan>(
+      absl::Milliseconds(group_.config().keygen_timeout_ms), scan,
+      [](CK_FUNCTION_LIST*, MemberScan& s) { return ScanMember(s); }, session);
   m->Release(session, rv != CKR_OK);
   if (rv != CKR_OK) return wire::CkError(CKR_DEVICE_ERROR, "scan: " + wire::CkRvName(rv));
 
