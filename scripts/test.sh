@@ -71,10 +71,12 @@ fi
 #                                   and it also drives pkcs11-tool
 #   e2e_surface_pkcs11_tool_compare pkcs11-tool --test through the module
 #   e2e_pin_lockout                 drives the module through pkcs11-tool
+#   e2e_allowlist, e2e_tls,         start pkcs11-tool on the module (allow-list, TLS reload,
+#   e2e_limits                      other processes served during a session flood)
 # Everything else (unit tests, wire codecs with SoftHSM known answers, the
 # GoogleTest e2e programs, HA and group tests, bench_smoke) runs: those
 # programs, hsmuxd, hsmuxctl, the module and testwrap are all ours.
-ASAN_EXCLUDE='^(clients_.*|e2e_surface_pkcs11_tool_compare|e2e_pin_lockout)$'
+ASAN_EXCLUDE='^(clients_.*|e2e_surface_pkcs11_tool_compare|e2e_pin_lockout|e2e_allowlist|e2e_tls|e2e_limits)$'
 # Off by default until the sanitizer and fuzzing steps have a green run
 # here; HSMUX_WITH_SANITIZERS=1 turns them on.
 if [ "${HSMUX_WITH_SANITIZERS:-0}" = 1 ] && [ "${HSMUX_SKIP_SANITIZERS:-0}" != 1 ]; then
