@@ -597,6 +597,7 @@ std::map<std::string, MemberStatus> GroupStatus(std::string* raw) {
     };
     m.calls = number(", calls");
     m.failovers = number(", failovers");
+    m.replays = number(", replays");
     out[line.substr(prefix.size(), colon - prefix.size())] = m;
   }
   return out;

@@ -195,6 +195,7 @@ struct MemberStatus {
   std::string state;  // "healthy", "OUT" or "DRAINED"
   uint64_t calls = 0;
   uint64_t failovers = 0;
+  uint64_t replays = 0;  // multi-part operations replayed onto the member
   std::string line;
 };
 // The members of the demo group by name ("a", "b", "c"); empty on error.

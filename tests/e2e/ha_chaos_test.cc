@@ -9,6 +9,8 @@
 // (see ha.cmake). The figures (operations, failures, worst stall, time to
 // readmit) are printed, never asserted.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kThreads = 8;
 constexpr auto kRun = std::chrono::seconds(30);
+// Multi-part HMAC operations the replay witness keeps open, and their parts.
+constexpr int kWitnessOps = 10;
+constexpr int kWitnessParts = 40;
 constexpr auto kPowerOffA = std::chrono::seconds(10);
 constexpr auto kHangB = std::chrono::seconds(15);
 constexpr auto kBack = std::chrono::seconds(20);
@@ -158,8 +163,16 @@ TEST(HaChaos, NoClientNoticesMemberFailures) {
   ASSERT_EQ(point.size(), 65u);
   ASSERT_EQ(modulus.size(), 256u);
 
+  // The replay witness's HMAC key, from a known value so OpenSSL can check.
+  const Bytes hmac_value = RandomBytes(32);
+  SecretUse sign_use;
+  sign_use.sign = true;
+  const CK_OBJECT_HANDLE hmac = CreateTokenSecret(p, admin, CKK_GENERIC_SECRET, hmac_value,
+                                                  sign_use, Unique("chaos-hmac"), &rv);
+  ASSERT_EQ(rv, CKR_OK);
+
   std::vector<CK_SESSION_HANDLE> sessions;
-  for (int t = 0; t < kThreads + 1; ++t) {
+  for (int t = 0; t < kThreads + 1 + kWitnessOps; ++t) {
     sessions.push_back(OpenSession(p, "", &rv));
     ASSERT_EQ(rv, CKR_OK);
   }
@@ -241,6 +254,62 @@ TEST(HaChaos, NoClientNoticesMemberFailures) {
     });
   }
 
+  // The replay witness: kWitnessOps multi-part HMAC operations kept open at
+  // once (each fed a part every round, finished after kWitnessParts), so
+  // that each fault finds several in progress on the failing member and the
+  // agent must replay them elsewhere (DESIGN §5); every MAC is checked.
+  std::atomic<uint64_t> macs{0};
+  std::thread witness([&] {
+    const std::string who = "replay witness";
+    struct Op {
+      bool active = false;
+      int parts = 0;
+      Bytes fed;
+    };
+    std::vector<Op> ops(kWitnessOps);
+    CK_MECHANISM m = {CKM_SHA256_HMAC, nullptr, 0};
+    for (uint64_t round = 0; Clock::now() < end; ++round) {
+      for (int i = 0; i < kWitnessOps; ++i) {
+        const CK_SESSION_HANDLE s = sessions[kThreads + 1 + i];
+        Op& op = ops[i];
+        if (!op.active) {
+          if (rec.Run(who, "C_SignInit HMAC", [&] { return p->C_SignInit(s, &m, hmac); }) !=
+              CKR_OK) {
+            continue;
+          }
+          op = Op{true, 0, {}};
+        }
+        Bytes part = ToBytes("part " + std::to_string(round) + "/" + std::to_string(i) + ";");
+        if (rec.Run(who, "C_SignUpdate HMAC",
+                    [&] { return p->C_SignUpdate(s, part.data(), part.size()); }) != CKR_OK) {
+          op.active = false;
+          continue;
+        }
+        op.fed.insert(op.fed.end(), part.begin(), part.end());
+        if (++op.parts < kWitnessParts) continue;
+        Bytes mac(32);
+        CK_ULONG len = mac.size();
+        op.active = false;
+        if (rec.Run(who, "C_SignFinal HMAC", [&] { return p->C_SignFinal(s, mac.data(), &len); }) !=
+            CKR_OK) {
+          continue;
+        }
+        mac.resize(len);
+        Bytes expected(32);
+        unsigned int elen = 0;
+        HMAC(EVP_sha256(), hmac_value.data(), static_cast<int>(hmac_value.size()), op.fed.data(),
+             op.fed.size(), expected.data(), &elen);
+        expected.resize(elen);
+        if (mac == expected) {
+          ++macs;
+        } else {
+          rec.Bad(who, "HMAC differs after " + std::to_string(op.parts) + " parts");
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+
   // The key maker: a new token key (AES, every fourth an EC pair) and the
   // destruction of the one before, except every third, which is kept.
   std::vector<std::string> kept, destroyed;
@@ -300,13 +369,17 @@ TEST(HaChaos, NoClientNoticesMemberFailures) {
 
   for (auto& w : workers) w.join();
   maker.join();
+  witness.join();
 
   std::string status;
   const bool healthy = WaitAllHealthy(60000, &status);
   const double readmit_s = std::chrono::duration<double>(Clock::now() - back).count();
   auto members = GroupStatus(&status);
-  uint64_t failovers = 0;
-  for (const auto& [name, m] : members) failovers += m.failovers;
+  uint64_t failovers = 0, replays = 0;
+  for (const auto& [name, m] : members) {
+    failovers += m.failovers;
+    replays += m.replays;
+  }
 
   // The figures.
   const auto failures = rec.failures();
@@ -320,6 +393,9 @@ TEST(HaChaos, NoClientNoticesMemberFailures) {
       static_cast<unsigned long long>(roundtrips.load()));
   std::printf("CHAOS worst client-visible stall %.0f ms (%s)\n", rec.worst_ms(),
               rec.worst_what().c_str());
+  std::printf("CHAOS multi-part HMACs %llu (checked with OpenSSL), replays %llu\n",
+              static_cast<unsigned long long>(macs.load()),
+              static_cast<unsigned long long>(replays));
   std::printf(
       "CHAOS keys kept %zu, destroyed %zu; failovers %llu; all healthy "
       "%.1f s after the "
@@ -341,6 +417,8 @@ TEST(HaChaos, NoClientNoticesMemberFailures) {
   EXPECT_GT(signatures.load(), 0u);
   EXPECT_GT(roundtrips.load(), 0u);
   EXPECT_GT(failovers, 0u) << status;
+  EXPECT_GT(macs.load(), 0u);
+  EXPECT_GT(replays, 0u) << "no multi-part operation was replayed\n" << status;
   const std::string log = ReadFile(Env("HSMUX_TEST_DIR") + "/hsmuxd.log");
   // Both faults were noticed and the members taken out (whether a client
   // call or the periodic probe noticed first is timing).
