@@ -48,7 +48,8 @@ AgentClient::AgentClient(ModuleConfig config, std::string ca, std::string cert, 
     : config_(std::move(config)),
       ca_pem_(std::move(ca)),
       cert_pem_(std::move(cert)),
-      key_pem_(std::move(key)) {}
+      key_pem_(std::move(key)),
+      answers_(config_.defer_parameter_checks) {}
 
 v1::Cryptoki::Stub* AgentClient::StubLocked() {
   if (stub_ == nullptr) {
@@ -79,8 +80,8 @@ v1::Cryptoki::Stub* AgentClient::StubLocked() {
     // ("connection attempt timed out before receiving SETTINGS frame").
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(config_.connect_timeout_ms));
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-    channel_ = grpc::CreateCustomChannel(config_.agents[endpoint_], grpc::SslCredentials(ssl),
-                                         args);
+    channel_ =
+        grpc::CreateCustomChannel(config_.agents[endpoint_], grpc::SslCredentials(ssl), args);
     stub_ = v1::Cryptoki::NewStub(channel_);
   }
   return stub_.get();
@@ -110,8 +111,8 @@ absl::Status AgentClient::OpenLocked() {
       instance_id_ = resp.instance_id();
       return absl::OkStatus();
     }
-    LogLine(absl::StrCat("agent ", config_.agents[endpoint_], " did not register us: ",
-                         st.error_message()));
+    LogLine(absl::StrCat("agent ", config_.agents[endpoint_],
+                         " did not register us: ", st.error_message()));
     last = wire::StatusFromGrpc(st);
     if (config_.agents.size() > 1) NextEndpointLocked();
   }

@@ -296,8 +296,9 @@ std::optional<v1::CallResponse> LocalAnswers::AnswerInitLocked(const v1::CallReq
   if (s->state[k] != OpState::kIdle) return std::nullopt;
   if (request.args_size() < 2 || !request.args(1).has_mechanism()) return std::nullopt;
   const v1::Mechanism& mech = request.args(1).mechanism();
-  if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET) {
-    // Whether a member accepts a parameter is the member's to say, at Init.
+  if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET && !defer_parameters_) {
+    // Whether a member accepts a parameter is the member's to say, at Init
+    // (unless the operator chose parameter_checks: deferred).
     return std::nullopt;
   }
   if (!accepted_.count({s->slot, k, mech.type(), InitKeyHandle(request)})) return std::nullopt;
@@ -566,7 +567,7 @@ void LocalAnswers::LearnInitLocked(const v1::CallRequest& init, uint64_t rv, uin
       s->last_init[k]->clear_instance_id();
       if (epoch != epoch_ || init.args_size() < 2 || !init.args(1).has_mechanism()) break;
       const v1::Mechanism& mech = init.args(1).mechanism();
-      if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET) break;
+      if (mech.params_case() != v1::Mechanism::PARAMS_NOT_SET && !defer_parameters_) break;
       if (accepted_.size() >= kMaxAccepted) accepted_.clear();
       accepted_.insert({s->slot, k, mech.type(), InitKeyHandle(init)});
       break;

@@ -52,6 +52,10 @@ namespace hsmux::module {
 
 class LocalAnswers {
  public:
+  // `defer_parameter_checks`: module config parameter_checks: deferred.
+  explicit LocalAnswers(bool defer_parameter_checks = false)
+      : defer_parameters_(defer_parameter_checks) {}
+
   // The answer to `request` without a round trip, if the module has one.
   // `instance` is the agent instance the module is registered as now (0:
   // none); everything learnt under another instance is forgotten first.
@@ -132,6 +136,7 @@ class LocalAnswers {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Session* FindLocked(const v1::CallRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const bool defer_parameters_;
   absl::Mutex mu_;
   uint64_t instance_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;

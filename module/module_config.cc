@@ -11,8 +11,7 @@
 namespace hsmux::module {
 namespace {
 
-absl::Status ConfigError(const std::string& path, const YAML::Node& node,
-                         const std::string& what) {
+absl::Status ConfigError(const std::string& path, const YAML::Node& node, const std::string& what) {
   std::string where = path;
   if (node.IsDefined() && node.Mark().line >= 0) {
     absl::StrAppend(&where, ":", node.Mark().line + 1);
@@ -29,13 +28,18 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
   } catch (const YAML::BadFile&) {
     return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat(path, ": cannot read file"));
   } catch (const YAML::Exception& e) {
-    return wire::CkError(CKR_GENERAL_ERROR,
-                         absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));
+    return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));
   }
   if (!root.IsMap()) return ConfigError(path, root, "top level must be a mapping");
-  static const std::set<std::string> kKnown = {"agents", "tls", "slots", "timeouts",
-                                               "heartbeat_seconds", "log_file",
-                                               "max_message_bytes", "cant_create_threads"};
+  static const std::set<std::string> kKnown = {"agents",
+                                               "tls",
+                                               "slots",
+                                               "timeouts",
+                                               "heartbeat_seconds",
+                                               "log_file",
+                                               "max_message_bytes",
+                                               "cant_create_threads",
+                                               "parameter_checks"};
   ModuleConfig cfg;
   try {
     for (const auto& kv : root) {
@@ -93,9 +97,15 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
       }
       cfg.ignore_cant_create_threads = v == "ignore";
     }
+    if (const YAML::Node t = root["parameter_checks"]) {
+      const std::string v = t.as<std::string>();
+      if (v != "at_init" && v != "deferred") {
+        return ConfigError(path, t, "parameter_checks: must be at_init or deferred");
+      }
+      cfg.defer_parameter_checks = v == "deferred";
+    }
   } catch (const YAML::Exception& e) {
-    return wire::CkError(CKR_GENERAL_ERROR,
-                         absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));
+    return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));
   } catch (const std::exception& e) {
     return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat(path, ": ", e.what()));
   }

@@ -28,6 +28,12 @@ struct ModuleConfig {
   // GnuTLS) sets the flag on every module it loads; "ignore" lets those
   // hosts use hsmux. See docs/decisions/0009-cant-create-threads.md.
   bool ignore_cant_create_threads = false;
+  // parameter_checks: "at_init" (default) or "deferred". Deferred lets the
+  // module answer a C_*Init whose mechanism carries a parameter (AES-GCM,
+  // CBC, OAEP, PSS) once the agent accepted that mechanism and key, saving
+  // a round trip; a parameter the member refuses is then reported by the
+  // next call instead of C_*Init (docs/decisions/0010-round-trips.md).
+  bool defer_parameter_checks = false;
 };
 
 inline constexpr char kDefaultModuleConfigPath[] = "/etc/hsmux/module.conf";

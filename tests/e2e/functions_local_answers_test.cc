@@ -5,6 +5,7 @@
 // that no error moves from C_*Init to the call after it.
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -406,6 +407,74 @@ TEST_F(LocalAnswersTest, ASinglePartLengthQueryAndItsCallCostOneRoundTrip) {
   ASSERT_EQ(p->C_Decrypt(s->h(), ct.data(), ct_n, pt.data(), &pt_n), CKR_OK);
   pt.resize(pt_n);
   EXPECT_EQ(pt, plain);
+}
+
+// parameter_checks: deferred (module config, off by default): an AES-GCM
+// C_EncryptInit is answered in the module once the agent accepted that
+// mechanism and key; a parameter the member refuses is then reported by the
+// next call, which is the documented price of the option.
+TEST_F(LocalAnswersTest, DeferredParameterChecksAreOptIn) {
+  const Bytes key_value(32, 0x17);
+  Bytes iv(12, 0x01), data = ToBytes("sixteen byte blk");
+  auto gcm = [&](Bytes& nonce, CK_ULONG tag_bits) {
+    auto* params = new CK_GCM_PARAMS{};
+    params->pIv = nonce.data();
+    params->ulIvLen = nonce.size();
+    params->ulIvBits = nonce.size() * 8;
+    params->ulTagBits = tag_bits;
+    return std::unique_ptr<CK_GCM_PARAMS>(params);
+  };
+  auto run = [&](CK_OBJECT_HANDLE key, CK_SESSION_HANDLE s, CK_ULONG tag_bits, CK_RV* init_rv) {
+    auto params = gcm(iv, tag_bits);
+    CK_MECHANISM m = {CKM_AES_GCM, params.get(), sizeof(CK_GCM_PARAMS)};
+    *init_rv = p->C_EncryptInit(s, &m, key);
+    if (*init_rv != CKR_OK) return *init_rv;
+    Bytes out(64);
+    CK_ULONG n = out.size();
+    return p->C_Encrypt(s, data.data(), data.size(), out.data(), &n);
+  };
+  CK_RV init_rv = 0;
+  {
+    // Default (at_init): a refused parameter fails C_EncryptInit.
+    auto s = UserSession();
+    CK_OBJECT_HANDLE key = CreateSecret(s->h(), CKK_AES, key_value);
+    ASSERT_EQ(RvStr(run(key, s->h(), 128, &init_rv)), RvStr(CKR_OK));
+    const CK_RV bad = run(key, s->h(), 200, &init_rv);
+    EXPECT_NE(RvStr(init_rv), RvStr(CKR_OK)) << "tag of 200 bits accepted";
+    EXPECT_EQ(RvStr(bad), RvStr(init_rv));
+    const long before = RoundTrips();
+    ASSERT_EQ(RvStr(run(key, s->h(), 128, &init_rv)), RvStr(CKR_OK));
+    EXPECT_EQ(RoundTrips() - before, 2) << "a parameter Init is a round trip by default";
+  }
+  // The same with parameter_checks: deferred.
+  ASSERT_EQ(p->C_Finalize(nullptr), CKR_OK);
+  const std::string config = Env("HSMUX_TEST_DIR") + "/module-deferred.yaml";
+  {
+    std::ifstream in(Env("HSMUX_CONFIG"));
+    std::stringstream text;
+    text << in.rdbuf() << "parameter_checks: deferred\n";
+    std::ofstream(config) << text.str();
+  }
+  const std::string saved = Env("HSMUX_CONFIG");
+  ::setenv("HSMUX_CONFIG", config.c_str(), 1);
+  ASSERT_EQ(p->C_Initialize(nullptr), CKR_OK);
+  ::setenv("HSMUX_CONFIG", saved.c_str(), 1);
+  auto s = UserSession();
+  CK_OBJECT_HANDLE key = CreateSecret(s->h(), CKK_AES, key_value);
+  ASSERT_EQ(RvStr(run(key, s->h(), 128, &init_rv)), RvStr(CKR_OK));  // accepted once
+  long before = RoundTrips();
+  ASSERT_EQ(RvStr(run(key, s->h(), 128, &init_rv)), RvStr(CKR_OK));
+  EXPECT_EQ(RoundTrips() - before, 1) << "Init answered here, carried with C_Encrypt";
+  // A refused parameter: C_EncryptInit says CKR_OK, C_Encrypt reports it and
+  // the operation is over.
+  const CK_RV late = run(key, s->h(), 200, &init_rv);
+  EXPECT_EQ(RvStr(init_rv), RvStr(CKR_OK));
+  EXPECT_NE(RvStr(late), RvStr(CKR_OK));
+  Bytes out(64);
+  CK_ULONG n = out.size();
+  EXPECT_EQ(RvStr(p->C_Encrypt(s->h(), data.data(), data.size(), out.data(), &n)),
+            RvStr(CKR_OPERATION_NOT_INITIALIZED));
+  ASSERT_EQ(RvStr(run(key, s->h(), 128, &init_rv)), RvStr(CKR_OK));
 }
 
 }  // namespace
