@@ -348,10 +348,13 @@ std::vector<v1::CallRequest> LocalAnswers::Prepare(v1::CallRequest& request) {
     return first;
   }
   if (f == F::kGetAttributeValue && !AttributesKey(request).empty()) {
-    // Ask for the values too: the fetch after a length query is then local.
+    // A length query is sent as a fetch: the fetch after it is then local.
+    bool query = false;
     for (auto& q : *request.mutable_args(2)->mutable_queries()->mutable_queries()) {
+      query |= !q.want_value();
       q.set_want_value(true);
     }
+    s->attributes_query_sent = query;
     return first;
   }
   if (f == F::kCloseSession) {
@@ -420,6 +423,7 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
     if (f == F::kOpenSession || f == F::kCloseAllSessions) return;
     if (Session* s = FindLocked(request)) {
       s->query_sent = {};
+      s->attributes_query_sent = false;
       if (role.has_value() || request.carried_inits_size() > 0) {
         for (auto& st : s->state) {
           if (st != OpState::kIdle) st = OpState::kUnknown;
@@ -473,7 +477,9 @@ void LocalAnswers::Learn(const v1::CallRequest& request,
   if (f == F::kGetAttributeValue) {
     Session* s = FindLocked(request);
     const std::string key = AttributesKey(request);
-    if (s == nullptr || rv != CKR_OK || key.empty() || resp.epoch() != epoch_) return;
+    if (s == nullptr || !s->attributes_query_sent) return;
+    s->attributes_query_sent = false;  // only a length query's answer is kept
+    if (rv != CKR_OK || key.empty() || resp.epoch() != epoch_) return;
     if (s->attributes.has_value()) Zero(*s->attributes);
     s->attributes = resp;
     s->attributes_key = key;

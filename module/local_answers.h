@@ -93,6 +93,7 @@ class LocalAnswers {
     // answer. Used once, zeroed when dropped.
     std::string attributes_key;
     std::optional<v1::CallResponse> attributes;
+    bool attributes_query_sent = false;  // the call in flight is such a query
     // The last Init the agent accepted per kind: sent again when a single-part
     // call's length query was run in full (below) and a different call follows.
     std::array<std::optional<v1::CallRequest>, wire::kOpKinds> last_init;

@@ -32,9 +32,13 @@ class HaTest : public ::testing::Test {
   void TearDown() override {
     if (p_ != nullptr) p_->C_CloseSession(s_);
     for (const char* m : kMembers) TestwrapCtl(m, {"--clear"});
+    BeforeHealthyWait();
     std::string raw;
     EXPECT_TRUE(WaitAllHealthy(30000, &raw)) << raw;
   }
+  // After the faults are cleared, before waiting for every member: what a
+  // suite must undo besides (HaRecovery readmits drained members).
+  virtual void BeforeHealthyWait() {}
 
   inline static CK_FUNCTION_LIST* p_ = nullptr;
   CK_SESSION_HANDLE s_ = CK_INVALID_HANDLE;

@@ -9,29 +9,13 @@
 #include <thread>
 
 #include "group_util.h"
+#include "ha_fixture.h"
 
 namespace hsmux::grouptest {
 namespace {
 
-class HaHealth : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    p_ = Module();
-    ASSERT_NE(p_, nullptr);
-    ASSERT_EQ(p_->C_Initialize(nullptr), CKR_OK);
-  }
-  static void TearDownTestSuite() {
-    if (p_ != nullptr) p_->C_Finalize(nullptr);
-  }
-  void TearDown() override {
-    // Every member back for the next test.
-    for (const char* m : kMembers) TestwrapCtl(m, {"--clear"});
-    std::string raw;
-    EXPECT_TRUE(WaitAllHealthy(30000, &raw)) << raw;
-  }
-  static CK_FUNCTION_LIST* p_;
-};
-CK_FUNCTION_LIST* HaHealth::p_ = nullptr;
+// Tests open their own sessions (OpenSession tolerates the fixture's login).
+using HaHealth = HaTest;
 
 // An RSA pair whose private half may decrypt.
 CK_RV GenRsaDecrypt(CK_FUNCTION_LIST* p, CK_SESSION_HANDLE s, const std::string& label, Pair* out) {

@@ -14,45 +14,23 @@
 #include <vector>
 
 #include "group_util.h"
+#include "ha_fixture.h"
 
 namespace hsmux::grouptest {
 namespace {
 
-class HaRecovery : public ::testing::Test {
+class HaRecovery : public HaTest {
  protected:
-  static void SetUpTestSuite() {
-    p_ = Module();
-    ASSERT_NE(p_, nullptr);
-    ASSERT_EQ(p_->C_Initialize(nullptr), CKR_OK);
-  }
-  static void TearDownTestSuite() {
-    if (p_ != nullptr) p_->C_Finalize(nullptr);
-  }
-  void SetUp() override {
-    CK_RV rv;
-    s_ = OpenSession(p_, ClientPin(), &rv);
-    ASSERT_EQ(rv, CKR_OK);
-  }
-  void TearDown() override {
-    p_->C_CloseSession(s_);
-    for (const char* m : kMembers) TestwrapCtl(m, {"--clear"});
+  // A drained member stays out until readmitted by hand.
+  void BeforeHealthyWait() override {
     std::string out;
     for (const char* m : {"a", "b", "c"}) {
       if (GroupStatus()[m].state == "DRAINED") {
         Hsmuxctl(std::string("readmit --slot 1 --member ") + m, &out);
       }
     }
-    EXPECT_TRUE(WaitAllHealthy(30000, &out)) << out;
   }
 
-  // Polls `hsmuxctl status` until member `name` is in `state`.
-  static bool WaitState(const std::string& name, const std::string& state, int timeout_ms) {
-    for (int waited = 0; waited < timeout_ms; waited += 100) {
-      if (GroupStatus()[name].state == state) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
   // AES-ECB of one block with the key `label` on member i (direct).
   static Bytes EcbOn(size_t i, const std::string& label, CK_RV* rv) {
     Members& m = Members::Get();
@@ -70,11 +48,7 @@ class HaRecovery : public ::testing::Test {
     if (rv == CKR_OK && !OpenSslVerifyEcdsa(point, digest, sig)) return CKR_SIGNATURE_INVALID;
     return rv;
   }
-
-  static CK_FUNCTION_LIST* p_;
-  CK_SESSION_HANDLE s_ = CK_INVALID_HANDLE;
 };
-CK_FUNCTION_LIST* HaRecovery::p_ = nullptr;
 
 TEST_F(HaRecovery, CatchUpAfterPowerOff) {
   Members& m = Members::Get();
@@ -89,7 +63,7 @@ TEST_F(HaRecovery, CatchUpAfterPowerOff) {
   for (size_t i = 0; i < 3; ++i) ASSERT_EQ(m.Label(i, doomed).size(), 1u) << kMembers[i];
 
   ASSERT_TRUE(TestwrapCtl("member-c", {"power=off"}));
-  ASSERT_TRUE(WaitState("c", "OUT", 10000));
+  ASSERT_TRUE(WaitMemberState("c", "OUT", 10000));
 
   const std::string made = Unique("recover-made");
   CK_OBJECT_HANDLE made_h;
@@ -234,7 +208,7 @@ TEST_F(HaRecovery, StatusListsRecentErrors) {
   // A member fails under calls: it is taken out, the calls move on.
   ASSERT_TRUE(TestwrapCtl("member-b", {"power=off"}));
   for (int i = 0; i < 6; ++i) EXPECT_EQ(SignOnce(ec.priv, point, "b off"), CKR_OK) << i;
-  ASSERT_TRUE(WaitState("b", "OUT", 10000));
+  ASSERT_TRUE(WaitMemberState("b", "OUT", 10000));
   std::string out;
   ASSERT_EQ(Hsmuxctl("status", &out), 0) << out;
   std::vector<std::string> lines = RecentErrorLines(out, since);
