@@ -40,6 +40,8 @@ grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*
   auto [instances, sessions] = agent_.Counts();
   resp->set_instances(instances);
   resp->set_sessions(sessions);
+  resp->set_open_streams(agent_.open_streams());
+  resp->set_max_streams(agent_.config().max_streams);
   for (const RecentError& e : RecentErrors()) {
     v1::RecentError* out = resp->add_recent_errors();
     out->set_time_unix_ms(absl::ToUnixMillis(e.when));
@@ -59,9 +61,9 @@ grpc::Status AdminService::CreateReplicationKey(grpc::ServerContext*,
   LogInfo(absl::StrCat("admin: create replication key for slot ", req->slot_id(), ": ",
                        st.ok() ? "done" : std::string(st.message())));
   if (st.ok()) return grpc::Status::OK;
-  const grpc::StatusCode code = absl::IsAlreadyExists(st)  ? grpc::StatusCode::ALREADY_EXISTS
-                                : absl::IsNotFound(st)     ? grpc::StatusCode::NOT_FOUND
-                                                           : grpc::StatusCode::INTERNAL;
+  const grpc::StatusCode code = absl::IsAlreadyExists(st) ? grpc::StatusCode::ALREADY_EXISTS
+                                : absl::IsNotFound(st)    ? grpc::StatusCode::NOT_FOUND
+                                                          : grpc::StatusCode::INTERNAL;
   return grpc::Status(code, std::string(st.message()));
 }
 
@@ -69,9 +71,9 @@ grpc::Status AdminService::Unlock(grpc::ServerContext*, const v1::UnlockRequest*
                                   v1::UnlockResponse*) {
   absl::Status st = agent_.pins().Unlock(req->identity(), req->slot_id());
   if (st.ok()) return grpc::Status::OK;
-  return grpc::Status(absl::IsNotFound(st) ? grpc::StatusCode::NOT_FOUND
-                                           : grpc::StatusCode::INTERNAL,
-                      std::string(st.message()));
+  return grpc::Status(
+      absl::IsNotFound(st) ? grpc::StatusCode::NOT_FOUND : grpc::StatusCode::INTERNAL,
+      std::string(st.message()));
 }
 
 namespace {

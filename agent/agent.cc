@@ -41,10 +41,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentConfig config) {
     HSMUX_ASSIGN_OR_RETURN(DiscoveryReport report, group->registry().Discover(*group));
     // Writes a crash left unacknowledged are undone before anyone is served.
     group->writer().RollBackPending();
-    LogInfo(absl::StrCat("group ", gc.label, ": registry has ", report.objects,
-                         " objects (", report.merged, " on several members, ", report.unproven,
-                         " unproven, ", report.ambiguous, " ambiguous)"));
-    for (const std::string& note : report.notes) LogWarning(absl::StrCat("group ", gc.label, ": ", note));
+    LogInfo(absl::StrCat("group ", gc.label, ": registry has ", report.objects, " objects (",
+                         report.merged, " on several members, ", report.unproven, " unproven, ",
+                         report.ambiguous, " ambiguous)"));
+    for (const std::string& note : report.notes)
+      LogWarning(absl::StrCat("group ", gc.label, ": ", note));
     group->StartMonitor();
     agent->groups_[gc.slot_id] = std::move(group);
   }
@@ -145,9 +146,19 @@ void Agent::DropInstance(const std::shared_ptr<Instance>& instance, const char* 
     for (auto& [h, s] : instance->sessions) sessions.push_back(s);
   }
   for (auto& s : sessions) CloseClientSession(*instance, s);
-  LogInfo(absl::StrCat("instance ", instance->id, " (", instance->identity, ") closed: ", why,
-                       ", ", sessions.size(), " sessions"));
+  LogInfo(absl::StrCat("instance ", instance->id, " (", instance->identity, ") closed: ", why, ", ",
+                       sessions.size(), " sessions"));
 }
+
+bool Agent::TakeStreamPlace() {
+  uint32_t open = open_streams_.load();
+  do {
+    if (open >= config_.max_streams) return false;
+  } while (!open_streams_.compare_exchange_weak(open, open + 1));
+  return true;
+}
+
+void Agent::GiveStreamPlace() { open_streams_.fetch_sub(1); }
 
 std::pair<uint64_t, uint64_t> Agent::Counts() {
   absl::MutexLock lock(&mu_);
@@ -217,9 +228,16 @@ namespace {
 bool ChangesView(wire::F f) {
   using wire::F;
   switch (f) {
-    case F::kCreateObject: case F::kCopyObject: case F::kDestroyObject:
-    case F::kSetAttributeValue: case F::kGenerateKey: case F::kGenerateKeyPair:
-    case F::kUnwrapKey: case F::kDeriveKey: case F::kLogin: case F::kLogout:
+    case F::kCreateObject:
+    case F::kCopyObject:
+    case F::kDestroyObject:
+    case F::kSetAttributeValue:
+    case F::kGenerateKey:
+    case F::kGenerateKeyPair:
+    case F::kUnwrapKey:
+    case F::kDeriveKey:
+    case F::kLogin:
+    case F::kLogout:
     case F::kCloseAllSessions:
       return true;
     default:

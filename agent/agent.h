@@ -2,6 +2,7 @@
 // and call dispatch.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -11,10 +12,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "client_pins.h"
 #include "config.h"
 #include "group.h"
 #include "hsmux/v1/cryptoki.pb.h"
-#include "client_pins.h"
 #include "instance.h"
 #include "state_store.h"
 
@@ -64,6 +65,12 @@ class Agent {
   // Instances and client sessions now, for status.
   std::pair<uint64_t, uint64_t> Counts();
 
+  // CallStreams (service.cc): a place for one more, false when
+  // config().max_streams are open; each taken place is given back once.
+  bool TakeStreamPlace();
+  void GiveStreamPlace();
+  uint32_t open_streams() const { return open_streams_.load(); }
+
   // Operator actions (hsmuxctl over the admin socket).
   absl::Status CreateReplicationKey(uint64_t slot);
 
@@ -72,6 +79,7 @@ class Agent {
   void CloseClientSession(Instance& instance, const std::shared_ptr<ClientSession>& session);
 
  private:
+  std::atomic<uint32_t> open_streams_{0};
   explicit Agent(AgentConfig config) : config_(std::move(config)) {}
   // Runs the C_*Init calls the module carried with `request`; CKR_OK when
   // all passed (response.carried_done says how many did).

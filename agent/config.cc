@@ -79,23 +79,19 @@ YAML::Mark MarkOf(const YAML::Node& node) {
 }
 
 // Reads a whole regular file of at most `max_bytes` bytes.
-absl::Status ReadSmallFile(const std::string& path, size_t max_bytes,
-                           std::string* out) {
+absl::Status ReadSmallFile(const std::string& path, size_t max_bytes, std::string* out) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   }
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
   }
   out->clear();
   char buf[4096];
@@ -105,8 +101,7 @@ absl::Status ReadSmallFile(const std::string& path, size_t max_bytes,
     if (n < 0) {
       int err = errno;
       close(fd);
-      return absl::InternalError(
-          absl::StrCat("cannot read ", path, ": ", std::strerror(err)));
+      return absl::InternalError(absl::StrCat("cannot read ", path, ": ", std::strerror(err)));
     }
     if (n == 0) break;
     if (out->size() + static_cast<size_t>(n) > max_bytes) {
@@ -125,15 +120,13 @@ absl::Status ReadSmallFile(const std::string& path, size_t max_bytes,
 absl::Status ReadPinFile(const std::string& path, std::string* pin) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   }
   struct stat st;
   // A FIFO or device would block the agent's start or never end.
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
   }
   char buf[kPinFileReadBytes];
   size_t len = 0;
@@ -144,8 +137,7 @@ absl::Status ReadPinFile(const std::string& path, std::string* pin) {
       int err = errno;
       close(fd);
       OPENSSL_cleanse(buf, sizeof buf);
-      return absl::InternalError(
-          absl::StrCat("cannot read ", path, ": ", std::strerror(err)));
+      return absl::InternalError(absl::StrCat("cannot read ", path, ": ", std::strerror(err)));
     }
     if (n == 0) break;
     len += static_cast<size_t>(n);
@@ -157,12 +149,10 @@ absl::Status ReadPinFile(const std::string& path, std::string* pin) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   absl::Status status = absl::OkStatus();
   if (line.empty()) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat(path, ": first line (the PIN) is empty"));
+    status = absl::InvalidArgumentError(absl::StrCat(path, ": first line (the PIN) is empty"));
   } else if (line.size() > kMaxPinBytes) {
     status = absl::InvalidArgumentError(
-        absl::StrCat(path, ": first line (the PIN) is longer than ",
-                     kMaxPinBytes, " bytes"));
+        absl::StrCat(path, ": first line (the PIN) is longer than ", kMaxPinBytes, " bytes"));
   } else {
     pin->assign(line.data(), line.size());
   }
@@ -174,8 +164,7 @@ bool IsEnvName(absl::string_view name) {
   if (name.empty()) return false;
   for (size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
-    const bool alpha =
-        (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+    const bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
     const bool digit = c >= '0' && c <= '9';
     if (!alpha && !(digit && i > 0)) return false;
   }
@@ -184,8 +173,8 @@ bool IsEnvName(absl::string_view name) {
 
 bool IsMemberName(absl::string_view name) {
   for (char c : name) {
-    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                    (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
     if (!ok) return false;
   }
   return true;
@@ -199,9 +188,7 @@ struct Entry {
 
   // Where to point at the value. An empty value ("tls:") has no position of
   // its own (yaml-cpp reports the next token's), so point at the key.
-  YAML::Mark ValueMark() const {
-    return value.IsNull() ? key_mark : MarkOf(value);
-  }
+  YAML::Mark ValueMark() const { return value.IsNull() ? key_mark : MarkOf(value); }
 };
 
 // A mapping whose keys have been checked against the schema: no unknown
@@ -276,8 +263,7 @@ class Loader {
 
   absl::Status Load(AgentConfig* config) {
     std::string text;
-    if (absl::Status s = ReadSmallFile(file_, kMaxConfigBytes, &text);
-        !s.ok()) {
+    if (absl::Status s = ReadSmallFile(file_, kMaxConfigBytes, &text); !s.ok()) {
       return absl::Status(s.code(), s.message());
     }
     // yaml-cpp 0.7's LoadAll never returns on some malformed input (a file
@@ -292,16 +278,14 @@ class Loader {
       return Error(YAML::Mark::null_mark(), "", "config is empty");
     }
     if (docs.size() > 1) {
-      return Error(MarkOf(docs[1]), "",
-                   "more than one YAML document; expected exactly one");
+      return Error(MarkOf(docs[1]), "", "more than one YAML document; expected exactly one");
     }
     return LoadTop(docs[0], config);
   }
 
  private:
   absl::Status ReadMap(const YAML::Node& node, std::string path,
-                       std::initializer_list<absl::string_view> allowed,
-                       Map* map) const {
+                       std::initializer_list<absl::string_view> allowed, Map* map) const {
     if (!node.IsMap()) {
       return Error(MarkOf(node), path, "must be a mapping");
     }
@@ -318,9 +302,9 @@ class Loader {
       bool known = false;
       for (absl::string_view a : allowed) known = known || a == name;
       if (!known) {
-        std::string reason = absl::StrCat(
-            "unknown key '", Printable(name),
-            "' (expected one of: ", absl::StrJoin(allowed, ", "), ")");
+        std::string reason =
+            absl::StrCat("unknown key '", Printable(name),
+                         "' (expected one of: ", absl::StrJoin(allowed, ", "), ")");
         if (name == "pin" || name == "user_pin" || name == "password") {
           // Someone tried to put a secret inline: say where it belongs.
           reason = absl::StrCat("unknown key '", name,
@@ -330,8 +314,7 @@ class Loader {
         return Error(MarkOf(key), map->path, reason);
       }
       if (map->Find(name) != nullptr) {
-        return Error(MarkOf(key), map->path,
-                     absl::StrCat("duplicate key '", name, "'"));
+        return Error(MarkOf(key), map->path, absl::StrCat("duplicate key '", name, "'"));
       }
       map->entries.push_back(Entry{name, MarkOf(key), value});
     }
@@ -344,16 +327,14 @@ class Loader {
 
   // A string field. `max_len` in bytes; `padded` for Cryptoki's blank-padded
   // fields, where a trailing blank would be lost.
-  absl::Status GetString(const Map& map, absl::string_view key, Need need,
-                         size_t max_len, bool padded, std::string* out,
-                         bool* present = nullptr) const {
+  absl::Status GetString(const Map& map, absl::string_view key, Need need, size_t max_len,
+                         bool padded, std::string* out, bool* present = nullptr) const {
     if (present != nullptr) *present = false;
     const Entry* e = map.Find(key);
     if (e == nullptr || e->value.IsNull()) {
       if (need == Need::kOptional) return absl::OkStatus();
-      return e == nullptr
-                 ? Missing(map, key)
-                 : Error(e->key_mark, map.PathOf(key), "must not be empty");
+      return e == nullptr ? Missing(map, key)
+                          : Error(e->key_mark, map.PathOf(key), "must not be empty");
     }
     const std::string path = map.PathOf(key);
     if (!e->value.IsScalar()) {
@@ -365,14 +346,12 @@ class Loader {
     }
     if (value.size() > max_len) {
       return Error(e->ValueMark(), path,
-                   absl::StrCat("must be at most ", max_len, " bytes (is ",
-                                value.size(), ")"));
+                   absl::StrCat("must be at most ", max_len, " bytes (is ", value.size(), ")"));
     }
     for (char c : value) {
       const unsigned char u = static_cast<unsigned char>(c);
       if (u < 0x20 || u == 0x7f) {
-        return Error(e->ValueMark(), path,
-                     "must not contain control characters");
+        return Error(e->ValueMark(), path, "must not contain control characters");
       }
     }
     if (padded && (value.back() == ' ' || value.front() == ' ')) {
@@ -387,12 +366,10 @@ class Loader {
 
   // An absolute path; with kFile/kDirectory it must exist and (for files)
   // be readable by us.
-  absl::Status GetPath(const Map& map, absl::string_view key, Need need,
-                       PathKind kind, std::string* out,
-                       bool* present = nullptr) const {
+  absl::Status GetPath(const Map& map, absl::string_view key, Need need, PathKind kind,
+                       std::string* out, bool* present = nullptr) const {
     bool here = false;
-    if (absl::Status s = GetString(map, key, need, kPathLen, false, out, &here);
-        !s.ok() || !here) {
+    if (absl::Status s = GetString(map, key, need, kPathLen, false, out, &here); !s.ok() || !here) {
       if (present != nullptr) *present = false;
       return s;
     }
@@ -405,37 +382,32 @@ class Loader {
     if (kind == PathKind::kAny) return absl::OkStatus();
     struct stat st;
     if (stat(out->c_str(), &st) != 0) {
-      return Error(
-          e->ValueMark(), path,
-          absl::StrCat("cannot use ", *out, ": ", std::strerror(errno)));
+      return Error(e->ValueMark(), path,
+                   absl::StrCat("cannot use ", *out, ": ", std::strerror(errno)));
     }
     if (kind == PathKind::kFile) {
       if (!S_ISREG(st.st_mode)) {
-        return Error(e->ValueMark(), path,
-                     absl::StrCat(*out, " is not a regular file"));
+        return Error(e->ValueMark(), path, absl::StrCat(*out, " is not a regular file"));
       }
       if (access(out->c_str(), R_OK) != 0) {
-        return Error(
-            e->ValueMark(), path,
-            absl::StrCat("cannot read ", *out, ": ", std::strerror(errno)));
+        return Error(e->ValueMark(), path,
+                     absl::StrCat("cannot read ", *out, ": ", std::strerror(errno)));
       }
     } else if (!S_ISDIR(st.st_mode)) {
-      return Error(e->ValueMark(), path,
-                   absl::StrCat(*out, " is not a directory"));
+      return Error(e->ValueMark(), path, absl::StrCat(*out, " is not a directory"));
     }
     return absl::OkStatus();
   }
 
   // A decimal integer in [min, max]; left as is when optional and absent.
-  absl::Status GetUint(const Map& map, absl::string_view key, Need need,
-                       uint64_t min, uint64_t max, uint64_t* out) const {
+  absl::Status GetUint(const Map& map, absl::string_view key, Need need, uint64_t min, uint64_t max,
+                       uint64_t* out) const {
     const Entry* e = map.Find(key);
     if (e == nullptr) {
       return need == Need::kOptional ? absl::OkStatus() : Missing(map, key);
     }
     const std::string path = map.PathOf(key);
-    const std::string range =
-        absl::StrCat("an integer from ", min, " to ", max);
+    const std::string range = absl::StrCat("an integer from ", min, " to ", max);
     if (!e->value.IsScalar()) {
       return Error(e->ValueMark(), path, absl::StrCat("must be ", range));
     }
@@ -463,13 +435,12 @@ class Loader {
   }
 
   // A required, non-empty sequence field.
-  absl::Status GetSequence(const Map& map, absl::string_view key,
-                           const YAML::Node** out) const {
+  absl::Status GetSequence(const Map& map, absl::string_view key, const YAML::Node** out) const {
     const Entry* e = map.Find(key);
     if (e == nullptr) return Missing(map, key);
     if (!e->value.IsSequence() || e->value.size() == 0) {
-      return Error(e->value.IsSequence() ? e->ValueMark() : e->key_mark,
-                   map.PathOf(key), "must be a non-empty list");
+      return Error(e->value.IsSequence() ? e->ValueMark() : e->key_mark, map.PathOf(key),
+                   "must be a non-empty list");
     }
     *out = &e->value;
     return absl::OkStatus();
@@ -478,14 +449,12 @@ class Loader {
   absl::Status LoadListen(const Map& top, AgentConfig* config) const {
     bool present = false;
     std::string listen;
-    if (absl::Status s = GetString(top, "listen", Need::kOptional, 300, false,
-                                   &listen, &present);
+    if (absl::Status s = GetString(top, "listen", Need::kOptional, 300, false, &listen, &present);
         !s.ok() || !present) {
       return s;
     }
     const YAML::Mark mark = top.Find("listen")->ValueMark();
-    const absl::string_view reason =
-        "must be host:port, e.g. 127.0.0.1:7443 or [::1]:7443";
+    const absl::string_view reason = "must be host:port, e.g. 127.0.0.1:7443 or [::1]:7443";
     const size_t colon = listen.rfind(':');
     if (colon == std::string::npos || colon == 0) {
       return Error(mark, "listen", reason);
@@ -511,38 +480,32 @@ class Loader {
     const Entry* e = top.Find("tls");
     if (e == nullptr) return Missing(top, "tls");
     Map map;
-    if (e->value.IsNull())
-      return Error(e->key_mark, "tls", "must be a mapping");
-    if (absl::Status s = ReadMap(e->value, "tls", {"ca", "cert", "key"}, &map);
+    if (e->value.IsNull()) return Error(e->key_mark, "tls", "must be a mapping");
+    if (absl::Status s = ReadMap(e->value, "tls", {"ca", "cert", "key"}, &map); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetPath(map, "ca", Need::kRequired, PathKind::kFile, &tls->ca_file);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s =
-            GetPath(map, "ca", Need::kRequired, PathKind::kFile, &tls->ca_file);
+    if (absl::Status s = GetPath(map, "cert", Need::kRequired, PathKind::kFile, &tls->cert_file);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetPath(map, "cert", Need::kRequired, PathKind::kFile,
-                                 &tls->cert_file);
-        !s.ok()) {
-      return s;
-    }
-    return GetPath(map, "key", Need::kRequired, PathKind::kFile,
-                   &tls->key_file);
+    return GetPath(map, "key", Need::kRequired, PathKind::kFile, &tls->key_file);
   }
 
   absl::Status LoadMember(const YAML::Node& node, const std::string& path,
                           MemberConfig* member) const {
     Map map;
-    if (absl::Status s = ReadMap(node, path,
-                                 {"name", "library", "token_label",
-                                  "token_serial", "pin_file", "pin_env"},
-                                 &map);
+    if (absl::Status s = ReadMap(
+            node, path, {"name", "library", "token_label", "token_serial", "pin_file", "pin_env"},
+            &map);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetString(map, "name", Need::kRequired, kMemberNameLen,
-                                   false, &member->name);
+    if (absl::Status s =
+            GetString(map, "name", Need::kRequired, kMemberNameLen, false, &member->name);
         !s.ok()) {
       return s;
     }
@@ -550,22 +513,20 @@ class Loader {
       return Error(map.Find("name")->ValueMark(), map.PathOf("name"),
                    "may contain only letters, digits, '_', '-' and '.'");
     }
-    if (absl::Status s = GetPath(map, "library", Need::kRequired,
-                                 PathKind::kFile, &member->library);
+    if (absl::Status s =
+            GetPath(map, "library", Need::kRequired, PathKind::kFile, &member->library);
         !s.ok()) {
       return s;
     }
     bool has_label = false;
     bool has_serial = false;
-    if (absl::Status s =
-            GetString(map, "token_label", Need::kOptional, kLabelLen, true,
-                      &member->token_label, &has_label);
+    if (absl::Status s = GetString(map, "token_label", Need::kOptional, kLabelLen, true,
+                                   &member->token_label, &has_label);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s =
-            GetString(map, "token_serial", Need::kOptional, kSerialLen, true,
-                      &member->token_serial, &has_serial);
+    if (absl::Status s = GetString(map, "token_serial", Need::kOptional, kSerialLen, true,
+                                   &member->token_serial, &has_serial);
         !s.ok()) {
       return s;
     }
@@ -576,33 +537,27 @@ class Loader {
     const bool has_file = map.Find("pin_file") != nullptr;
     const bool has_env = map.Find("pin_env") != nullptr;
     if (has_file == has_env) {
-      return Error(map.mark, path,
-                   "exactly one of pin_file and pin_env is required");
+      return Error(map.mark, path, "exactly one of pin_file and pin_env is required");
     }
     if (has_file) {
       std::string pin_file;
-      if (absl::Status s = GetPath(map, "pin_file", Need::kRequired,
-                                   PathKind::kAny, &pin_file);
+      if (absl::Status s = GetPath(map, "pin_file", Need::kRequired, PathKind::kAny, &pin_file);
           !s.ok()) {
         return s;
       }
       if (absl::Status s = ReadPinFile(pin_file, &member->pin); !s.ok()) {
-        return Error(map.Find("pin_file")->ValueMark(), map.PathOf("pin_file"),
-                     s.message());
+        return Error(map.Find("pin_file")->ValueMark(), map.PathOf("pin_file"), s.message());
       }
       return absl::OkStatus();
     }
     std::string env;
-    if (absl::Status s =
-            GetString(map, "pin_env", Need::kRequired, 255, false, &env);
-        !s.ok()) {
+    if (absl::Status s = GetString(map, "pin_env", Need::kRequired, 255, false, &env); !s.ok()) {
       return s;
     }
     const YAML::Mark mark = map.Find("pin_env")->ValueMark();
     if (!IsEnvName(env)) {
-      return Error(
-          mark, map.PathOf("pin_env"),
-          "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+      return Error(mark, map.PathOf("pin_env"),
+                   "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
     }
     const char* value = std::getenv(env.c_str());
     if (value == nullptr) {
@@ -613,10 +568,9 @@ class Loader {
     if (len == 0 || len > kMaxPinBytes) {
       return Error(
           mark, map.PathOf("pin_env"),
-          absl::StrCat("environment variable ", env,
-                       len == 0 ? " is empty"
-                                : absl::StrCat(" is longer than ", kMaxPinBytes,
-                                               " bytes")));
+          absl::StrCat(
+              "environment variable ", env,
+              len == 0 ? " is empty" : absl::StrCat(" is longer than ", kMaxPinBytes, " bytes")));
     }
     member->pin.assign(value, len);
     return absl::OkStatus();
@@ -627,44 +581,38 @@ class Loader {
     Map map;
     if (absl::Status s =
             ReadMap(node, path,
-                    {"slot_id", "label", "serial", "model", "manufacturer",
-                     "slot_description", "replication", "pool_min_sessions",
-                     "pool_max_sessions", "pool_wait_ms", "external_wait_ms",
-                     "call_timeout_ms", "keygen_timeout_ms", "probe_interval_ms",
-                     "probe_timeout_ms", "replay_buffer_bytes", "members"},
+                    {"slot_id", "label", "serial", "model", "manufacturer", "slot_description",
+                     "replication", "pool_min_sessions", "pool_max_sessions", "pool_wait_ms",
+                     "external_wait_ms", "call_timeout_ms", "keygen_timeout_ms",
+                     "probe_interval_ms", "probe_timeout_ms", "replay_buffer_bytes", "members"},
                     &map);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetUint(map, "slot_id", Need::kRequired, 0, kMaxSlotId,
-                                 &group->slot_id);
+    if (absl::Status s = GetUint(map, "slot_id", Need::kRequired, 0, kMaxSlotId, &group->slot_id);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetString(map, "label", Need::kRequired, kLabelLen,
-                                   true, &group->label);
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = GetString(map, "serial", Need::kRequired, kSerialLen,
-                                   true, &group->serial);
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = GetString(map, "model", Need::kOptional, kModelLen,
-                                   true, &group->model);
+    if (absl::Status s = GetString(map, "label", Need::kRequired, kLabelLen, true, &group->label);
         !s.ok()) {
       return s;
     }
     if (absl::Status s =
-            GetString(map, "manufacturer", Need::kOptional, kManufacturerLen,
-                      true, &group->manufacturer);
+            GetString(map, "serial", Need::kRequired, kSerialLen, true, &group->serial);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s =
-            GetString(map, "slot_description", Need::kOptional,
-                      kSlotDescriptionLen, true, &group->slot_description);
+    if (absl::Status s = GetString(map, "model", Need::kOptional, kModelLen, true, &group->model);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetString(map, "manufacturer", Need::kOptional, kManufacturerLen, true,
+                                   &group->manufacturer);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = GetString(map, "slot_description", Need::kOptional, kSlotDescriptionLen,
+                                   true, &group->slot_description);
         !s.ok()) {
       return s;
     }
@@ -711,11 +659,12 @@ class Loader {
       uint64_t min, max;
       uint32_t* field;
     };
-    for (const Limit& l : {Limit{"call_timeout_ms", 10, 600000, &group->call_timeout_ms},
-                           Limit{"keygen_timeout_ms", 100, 3600000, &group->keygen_timeout_ms},
-                           Limit{"probe_interval_ms", 50, 600000, &group->probe_interval_ms},
-                           Limit{"probe_timeout_ms", 10, 600000, &group->probe_timeout_ms},
-                           Limit{"replay_buffer_bytes", 0, 1u << 30, &group->replay_buffer_bytes}}) {
+    for (const Limit& l :
+         {Limit{"call_timeout_ms", 10, 600000, &group->call_timeout_ms},
+          Limit{"keygen_timeout_ms", 100, 3600000, &group->keygen_timeout_ms},
+          Limit{"probe_interval_ms", 50, 600000, &group->probe_interval_ms},
+          Limit{"probe_timeout_ms", 10, 600000, &group->probe_timeout_ms},
+          Limit{"replay_buffer_bytes", 0, 1u << 30, &group->replay_buffer_bytes}}) {
       uint64_t v = *l.field;
       if (absl::Status s = GetUint(map, l.key, Need::kOptional, l.min, l.max, &v); !s.ok()) {
         return s;
@@ -739,33 +688,29 @@ class Loader {
       }
       auto [first, inserted] = names.emplace(member.name, member_path);
       if (!inserted) {
-        return Error(MarkOf((*it)["name"]), member_path + ".name",
-                     absl::StrCat("duplicate member name '", member.name,
-                                  "' (also ", first->second, ")"));
+        return Error(
+            MarkOf((*it)["name"]), member_path + ".name",
+            absl::StrCat("duplicate member name '", member.name, "' (also ", first->second, ")"));
       }
     }
     return absl::OkStatus();
   }
 
   absl::Status LoadClient(const YAML::Node& node, const std::string& path,
-                          const std::set<uint64_t>& slots,
-                          ClientConfig* client) const {
+                          const std::set<uint64_t>& slots, ClientConfig* client) const {
     Map map;
-    if (absl::Status s =
-            ReadMap(node, path, {"common_name", "san", "groups"}, &map);
-        !s.ok()) {
+    if (absl::Status s = ReadMap(node, path, {"common_name", "san", "groups"}, &map); !s.ok()) {
       return s;
     }
     bool has_cn = false;
     bool has_san = false;
-    if (absl::Status s =
-            GetString(map, "common_name", Need::kOptional, kCommonNameLen,
-                      false, &client->common_name, &has_cn);
+    if (absl::Status s = GetString(map, "common_name", Need::kOptional, kCommonNameLen, false,
+                                   &client->common_name, &has_cn);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetString(map, "san", Need::kOptional, kSanLen, false,
-                                   &client->san, &has_san);
+    if (absl::Status s =
+            GetString(map, "san", Need::kOptional, kSanLen, false, &client->san, &has_san);
         !s.ok()) {
       return s;
     }
@@ -783,14 +728,13 @@ class Loader {
       Map access_map;
       if (absl::Status s =
               ReadMap(*it, access_path,
-                      {"slot_id", "pin_hash", "allowed_keys", "allowed_mechanisms"},
-                      &access_map);
+                      {"slot_id", "pin_hash", "allowed_keys", "allowed_mechanisms"}, &access_map);
           !s.ok()) {
         return s;
       }
       GroupAccess& access = client->groups.emplace_back();
-      if (absl::Status s = GetUint(access_map, "slot_id", Need::kRequired, 0,
-                                   kMaxSlotId, &access.slot_id);
+      if (absl::Status s =
+              GetUint(access_map, "slot_id", Need::kRequired, 0, kMaxSlotId, &access.slot_id);
           !s.ok()) {
         return s;
       }
@@ -801,18 +745,16 @@ class Loader {
       }
       if (!seen.insert(access.slot_id).second) {
         return Error(slot_mark, access_path + ".slot_id",
-                     absl::StrCat("slot_id ", access.slot_id,
-                                  " is listed twice for this client"));
+                     absl::StrCat("slot_id ", access.slot_id, " is listed twice for this client"));
       }
-      if (absl::Status s = GetString(access_map, "pin_hash", Need::kRequired,
-                                     1024, false, &access.pin_hash);
+      if (absl::Status s =
+              GetString(access_map, "pin_hash", Need::kRequired, 1024, false, &access.pin_hash);
           !s.ok()) {
         return s;
       }
       if (absl::Status s = ValidatePinHash(access.pin_hash); !s.ok()) {
-        return Error(
-            access_map.Find("pin_hash")->ValueMark(), access_path + ".pin_hash",
-            absl::StrCat(s.message(), " (make one with: hsmuxctl hash-pin)"));
+        return Error(access_map.Find("pin_hash")->ValueMark(), access_path + ".pin_hash",
+                     absl::StrCat(s.message(), " (make one with: hsmuxctl hash-pin)"));
       }
       for (const auto& [key, out] :
            {std::make_pair("allowed_keys", &access.allowed_keys),
@@ -836,10 +778,10 @@ class Loader {
     Map top;
     if (absl::Status s =
             ReadMap(root, "",
-                    {"listen", "tls", "state_dir", "lease_seconds",
-                     "max_sessions_per_instance", "max_pin_failures", "metrics_listen",
-                     "audit_log", "max_template_attributes", "max_attribute_bytes",
-                     "max_objects_per_instance", "max_concurrent_calls", "groups", "clients"},
+                    {"listen", "tls", "state_dir", "lease_seconds", "max_sessions_per_instance",
+                     "max_pin_failures", "metrics_listen", "audit_log", "max_template_attributes",
+                     "max_attribute_bytes", "max_objects_per_instance", "max_concurrent_calls",
+                     "max_streams", "groups", "clients"},
                     &top);
         !s.ok()) {
       return s;
@@ -847,18 +789,18 @@ class Loader {
     if (absl::Status s = LoadListen(top, config); !s.ok()) return s;
     if (absl::Status s = LoadTls(top, &config->tls); !s.ok()) return s;
     // state_dir may not exist yet: the agent (or systemd) creates it.
-    if (absl::Status s = GetPath(top, "state_dir", Need::kOptional,
-                                 PathKind::kAny, &config->state_dir);
+    if (absl::Status s =
+            GetPath(top, "state_dir", Need::kOptional, PathKind::kAny, &config->state_dir);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetString(top, "metrics_listen", Need::kOptional, 256, false,
-                                   &config->metrics_listen);
+    if (absl::Status s =
+            GetString(top, "metrics_listen", Need::kOptional, 256, false, &config->metrics_listen);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = GetString(top, "audit_log", Need::kOptional, 4096, false,
-                                   &config->audit_log);
+    if (absl::Status s =
+            GetString(top, "audit_log", Need::kOptional, 4096, false, &config->audit_log);
         !s.ok()) {
       return s;
     }
@@ -878,23 +820,26 @@ class Loader {
       }
       *l.field = static_cast<uint32_t>(v);
     }
-    uint64_t failures = config->max_pin_failures;
+    uint64_t streams = config->max_concurrent_calls / 2;
     if (absl::Status s =
-            GetUint(top, "max_pin_failures", Need::kOptional, 1, 100, &failures);
+            GetUint(top, "max_streams", Need::kOptional, 0, config->max_concurrent_calls, &streams);
+        !s.ok()) {
+      return s;
+    }
+    config->max_streams = static_cast<uint32_t>(streams);
+    uint64_t failures = config->max_pin_failures;
+    if (absl::Status s = GetUint(top, "max_pin_failures", Need::kOptional, 1, 100, &failures);
         !s.ok()) {
       return s;
     }
     config->max_pin_failures = static_cast<uint32_t>(failures);
     uint64_t v = config->lease_seconds;
-    if (absl::Status s =
-            GetUint(top, "lease_seconds", Need::kOptional, 5, 3600, &v);
-        !s.ok()) {
+    if (absl::Status s = GetUint(top, "lease_seconds", Need::kOptional, 5, 3600, &v); !s.ok()) {
       return s;
     }
     config->lease_seconds = static_cast<uint32_t>(v);
     v = config->max_sessions_per_instance;
-    if (absl::Status s = GetUint(top, "max_sessions_per_instance",
-                                 Need::kOptional, 1, 1000000, &v);
+    if (absl::Status s = GetUint(top, "max_sessions_per_instance", Need::kOptional, 1, 1000000, &v);
         !s.ok()) {
       return s;
     }
@@ -915,19 +860,19 @@ class Loader {
       GroupConfig& group = config->groups.emplace_back();
       if (absl::Status s = LoadGroup(*it, path, &group); !s.ok()) return s;
       if (auto [first, ok] = slot_ids.emplace(group.slot_id, path); !ok) {
-        return Error(MarkOf((*it)["slot_id"]), path + ".slot_id",
-                     absl::StrCat("duplicate slot_id ", group.slot_id,
-                                  " (also ", first->second, ")"));
+        return Error(
+            MarkOf((*it)["slot_id"]), path + ".slot_id",
+            absl::StrCat("duplicate slot_id ", group.slot_id, " (also ", first->second, ")"));
       }
       if (auto [first, ok] = labels.emplace(group.label, path); !ok) {
-        return Error(MarkOf((*it)["label"]), path + ".label",
-                     absl::StrCat("duplicate label '", group.label, "' (also ",
-                                  first->second, ")"));
+        return Error(
+            MarkOf((*it)["label"]), path + ".label",
+            absl::StrCat("duplicate label '", group.label, "' (also ", first->second, ")"));
       }
       if (auto [first, ok] = serials.emplace(group.serial, path); !ok) {
-        return Error(MarkOf((*it)["serial"]), path + ".serial",
-                     absl::StrCat("duplicate serial '", group.serial,
-                                  "' (also ", first->second, ")"));
+        return Error(
+            MarkOf((*it)["serial"]), path + ".serial",
+            absl::StrCat("duplicate serial '", group.serial, "' (also ", first->second, ")"));
       }
     }
     std::set<uint64_t> slots;
@@ -950,17 +895,15 @@ class Loader {
       }
       if (!client.common_name.empty()) {
         if (auto [first, ok] = cns.emplace(client.common_name, path); !ok) {
-          return Error(
-              MarkOf((*it)["common_name"]), path + ".common_name",
-              absl::StrCat("duplicate common_name '", client.common_name,
-                           "' (also ", first->second, ")"));
+          return Error(MarkOf((*it)["common_name"]), path + ".common_name",
+                       absl::StrCat("duplicate common_name '", client.common_name, "' (also ",
+                                    first->second, ")"));
         }
       }
       if (!client.san.empty()) {
         if (auto [first, ok] = sans.emplace(client.san, path); !ok) {
           return Error(MarkOf((*it)["san"]), path + ".san",
-                       absl::StrCat("duplicate san '", client.san, "' (also ",
-                                    first->second, ")"));
+                       absl::StrCat("duplicate san '", client.san, "' (also ", first->second, ")"));
         }
       }
     }
@@ -1001,11 +944,9 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path) {
     status = absl::ResourceExhaustedError(
         absl::StrCat(path, ": out of memory while loading the config"));
   } catch (const std::exception& e) {
-    status = absl::InternalError(
-        absl::StrCat(path, ": unexpected error: ", e.what()));
+    status = absl::InternalError(absl::StrCat(path, ": unexpected error: ", e.what()));
   } catch (...) {
-    status = absl::InternalError(
-        absl::StrCat(path, ": unexpected error while loading the config"));
+    status = absl::InternalError(absl::StrCat(path, ": unexpected error while loading the config"));
   }
   if (!status.ok()) {
     // A half-loaded config may already hold member PINs.

@@ -51,11 +51,11 @@ struct ClientConfig {
 
 // One virtual slot/token.
 struct GroupConfig {
-  uint64_t slot_id = 0;  // never 0 is not required by Cryptoki; any value
-  std::string label;     // token label, at most 32 bytes
-  std::string serial;    // at most 16 bytes
-  std::string model = "hsmux";              // at most 16 bytes
-  std::string manufacturer = "hsmux";       // at most 32 bytes
+  uint64_t slot_id = 0;                // never 0 is not required by Cryptoki; any value
+  std::string label;                   // token label, at most 32 bytes
+  std::string serial;                  // at most 16 bytes
+  std::string model = "hsmux";         // at most 16 bytes
+  std::string manufacturer = "hsmux";  // at most 32 bytes
   std::string slot_description = "hsmux virtual slot";  // at most 64 bytes
   // How new keys reach every member (DESIGN §3): "wrap" (default; needs the
   // group's replication key), "external" (the vendor's tooling copies them;
@@ -100,6 +100,11 @@ struct AgentConfig {
   uint32_t max_attribute_bytes = 1 << 20;
   uint32_t max_objects_per_instance = 100000;
   uint32_t max_concurrent_calls = 256;
+  // CallStreams open at once (docs/decisions/0012-call-streams.md). Each
+  // holds a server thread out of max_concurrent_calls while open, so the
+  // default is half of max_concurrent_calls; a module whose stream is
+  // refused sends unary calls instead. 0: every module uses unary calls.
+  uint32_t max_streams = 128;
   // Wrong PINs in a row that lock an identity out of a group
   // (CKR_PIN_LOCKED; persistent; `hsmuxctl unlock` lifts it).
   uint32_t max_pin_failures = 5;

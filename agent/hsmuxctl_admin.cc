@@ -109,7 +109,7 @@ int Status(AdminOptions& o) {
     return 1;
   }
   std::cout << "instances: " << resp.instances() << ", client sessions: " << resp.sessions()
-            << "\n";
+            << ", call streams: " << resp.open_streams() << " (max " << resp.max_streams() << ")\n";
   for (const auto& g : resp.groups()) {
     std::cout << "group " << g.label() << " (slot " << g.slot_id() << ", replication "
               << g.replication() << "): " << g.objects() << " objects, " << g.merged()
@@ -117,10 +117,10 @@ int Status(AdminOptions& o) {
               << " ambiguous\n";
     for (const auto& m : g.members()) {
       std::cout << "  member " << m.name() << ": "
-                << (m.healthy() ? "healthy" : (m.drained() ? "DRAINED" : "OUT"))
-                << ", calls " << m.calls() << ", in flight " << m.inflight() << ", sessions "
-                << m.open_sessions() << ", failovers " << m.failovers() << ", replays " << m.replays() << ", replication key "
-                << (m.has_replication_key() ? "yes" : "no");
+                << (m.healthy() ? "healthy" : (m.drained() ? "DRAINED" : "OUT")) << ", calls "
+                << m.calls() << ", in flight " << m.inflight() << ", sessions " << m.open_sessions()
+                << ", failovers " << m.failovers() << ", replays " << m.replays()
+                << ", replication key " << (m.has_replication_key() ? "yes" : "no");
       if (!m.healthy()) std::cout << " (" << m.down_reason() << ")";
       std::cout << "\n";
     }
@@ -158,8 +158,8 @@ int CreateReplicationKey(AdminOptions& o) {
     if (st.ok()) {
       std::cout << "slot " << slot << ": replication key created on every member\n";
     } else {
-      std::cerr << "hsmuxctl create-replication-key: slot " << slot << ": "
-                << st.error_message() << "\n";
+      std::cerr << "hsmuxctl create-replication-key: slot " << slot << ": " << st.error_message()
+                << "\n";
       rc = 1;
     }
   }
@@ -205,8 +205,8 @@ int MemberAction(std::string_view command, AdminOptions& o) {
   req.set_slot_id(o.slot);
   req.set_member(o.member);
   v1::MemberResponse resp;
-  grpc::Status st = command == "drain" ? stub->Drain(&ctx, req, &resp)
-                                       : stub->Readmit(&ctx, req, &resp);
+  grpc::Status st =
+      command == "drain" ? stub->Drain(&ctx, req, &resp) : stub->Readmit(&ctx, req, &resp);
   if (!st.ok()) {
     std::cerr << "hsmuxctl " << command << ": " << st.error_message() << "\n";
     return 1;
@@ -220,8 +220,7 @@ int MemberAction(std::string_view command, AdminOptions& o) {
 int AdminCommand(std::string_view command, const std::vector<std::string_view>& args) {
   AdminOptions o;
   if (!Parse(args, &o)) {
-    std::cerr << "usage: hsmuxctl " << command
-              << " [--socket PATH | --config FILE] [--slot N]\n";
+    std::cerr << "usage: hsmuxctl " << command << " [--socket PATH | --config FILE] [--slot N]\n";
     return 2;
   }
   if (command == "status") return Status(o);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "log.h"
 #include "recent_errors.h"
+#include "wire/call_stream.h"
 #include "wire/errors.h"
 #include "wire/function_table.h"
 
@@ -49,8 +50,7 @@ grpc::Status CryptokiService::Open(grpc::ServerContext* ctx, const v1::OpenReque
   return grpc::Status::OK;
 }
 
-grpc::Status CryptokiService::Heartbeat(grpc::ServerContext* ctx,
-                                        const v1::HeartbeatRequest* req,
+grpc::Status CryptokiService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                                         v1::HeartbeatResponse* resp) {
   const ClientConfig* client;
   std::string identity;
@@ -68,11 +68,8 @@ grpc::Status CryptokiService::Close(grpc::ServerContext* ctx, const v1::CloseReq
   return grpc::Status::OK;
 }
 
-grpc::Status CryptokiService::Serve(grpc::ServerContext* ctx, const v1::CallRequest& req,
+grpc::Status CryptokiService::Serve(const std::string& identity, const v1::CallRequest& req,
                                     v1::CallResponse* resp) {
-  const ClientConfig* client;
-  std::string identity;
-  if (auto st = Identify(ctx, &client, &identity); !st.ok()) return st;
   // An instance of another identity is as unknown as one that never existed.
   auto inst = agent_.FindInstance(req.instance_id(), identity);
   if (inst == nullptr) {
@@ -89,15 +86,51 @@ grpc::Status CryptokiService::Serve(grpc::ServerContext* ctx, const v1::CallRequ
 
 grpc::Status CryptokiService::Call(grpc::ServerContext* ctx, const v1::CallRequest* req,
                                    v1::CallResponse* resp) {
-  return Serve(ctx, *req, resp);
+  const ClientConfig* client;
+  std::string identity;
+  if (auto st = Identify(ctx, &client, &identity); !st.ok()) return st;
+  return Serve(identity, *req, resp);
 }
+
+namespace {
+
+// Holds one of the agent's stream places for the life of a stream: on the
+// synchronous server a stream holds a server thread while it is open.
+class StreamPlace {
+ public:
+  explicit StreamPlace(Agent& agent) : agent_(agent), held_(agent.TakeStreamPlace()) {}
+  ~StreamPlace() {
+    if (held_) agent_.GiveStreamPlace();
+  }
+  StreamPlace(const StreamPlace&) = delete;
+  StreamPlace& operator=(const StreamPlace&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  Agent& agent_;
+  const bool held_;
+};
+
+}  // namespace
 
 grpc::Status CryptokiService::CallStream(
     grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::CallResponse, v1::CallRequest>* stream) {
+  StreamPlace place(agent_);
+  if (!place.held()) {
+    // Refused before reading anything: the module resends the request as a
+    // unary call (wire/call_stream.h), which needs no thread of its own.
+    ctx->AddTrailingMetadata(wire::kStreamRefusedTrailer, "1");
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "stream limit reached");
+  }
+  // The peer's certificate is fixed for the connection: identified once.
+  const ClientConfig* client;
+  std::string identity;
+  if (auto st = Identify(ctx, &client, &identity); !st.ok()) return st;
   v1::CallRequest req;
+  v1::CallResponse resp;
   while (stream->Read(&req)) {
-    v1::CallResponse resp;
-    grpc::Status st = Serve(ctx, req, &resp);
+    resp.Clear();
+    grpc::Status st = Serve(identity, req, &resp);
     if (!st.ok()) return st;
     if (!stream->Write(resp)) break;
   }

@@ -27,7 +27,8 @@ class CryptokiService final : public v1::Cryptoki::Service {
   // The caller's identity string, or an error status for an unknown client.
   grpc::Status Identify(grpc::ServerContext* ctx, const ClientConfig** client,
                         std::string* identity);
-  grpc::Status Serve(grpc::ServerContext* ctx, const v1::CallRequest& req,
+  // One call of an identified client (Call, and each message of a stream).
+  grpc::Status Serve(const std::string& identity, const v1::CallRequest& req,
                      v1::CallResponse* resp);
 
   Agent& agent_;

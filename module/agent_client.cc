@@ -49,7 +49,8 @@ AgentClient::AgentClient(ModuleConfig config, std::string ca, std::string cert, 
       ca_pem_(std::move(ca)),
       cert_pem_(std::move(cert)),
       key_pem_(std::move(key)),
-      answers_(config_.defer_parameter_checks) {}
+      answers_(config_.defer_parameter_checks),
+      streams_(config_.use_streams ? std::make_unique<CallStreams>() : nullptr) {}
 
 v1::Cryptoki::Stub* AgentClient::StubLocked() {
   if (stub_ == nullptr) {
@@ -145,10 +146,8 @@ absl::StatusOr<v1::CallResponse> AgentClient::Send(v1::CallRequest& request) {
     }
     const auto deadline = DeadlineIn(config_.call_timeout_ms);
     request.set_deadline_unix_ms(UnixMs(deadline));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(deadline);
     v1::CallResponse response;
-    grpc::Status st = stub->Call(&ctx, request, &response);
+    grpc::Status st = Exchange(stub, request, deadline, &response);
     if (st.ok()) return response;
     if (st.error_code() == grpc::StatusCode::NOT_FOUND && attempt == 0) {
       // The agent no longer knows this instance (lease expired or agent
@@ -181,6 +180,25 @@ absl::StatusOr<v1::CallResponse> AgentClient::Send(v1::CallRequest& request) {
   return wire::CkError(CKR_DEVICE_ERROR, "agent keeps forgetting the instance");
 }
 
+grpc::Status AgentClient::Exchange(const std::shared_ptr<v1::Cryptoki::Stub>& stub,
+                                   const v1::CallRequest& request,
+                                   std::chrono::system_clock::time_point deadline,
+                                   v1::CallResponse* response) {
+  if (streams_ != nullptr && streams_->UseStream()) {
+    // A stream that broke while idle (the agent restarted, or dropped it)
+    // fails before the request goes out: one more try on a new stream.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      CallStreams::Result r = streams_->Exchange(stub, request, deadline, response);
+      if (r.status.ok() || r.sent) return r.status;
+      if (r.refused) break;  // the agent's stream limit: unary below
+      if (attempt == 1) return r.status;
+    }
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  return stub->Call(&ctx, request, response);
+}
+
 void AgentClient::Heartbeat() {
   absl::MutexLock lock(&mu_);
   if (instance_id_ == 0) return;
@@ -195,6 +213,7 @@ void AgentClient::Heartbeat() {
 }
 
 void AgentClient::Close() {
+  if (streams_ != nullptr) streams_->CloseAll();
   absl::MutexLock lock(&mu_);
   if (instance_id_ == 0 || stub_ == nullptr) return;
   v1::CloseRequest req;
@@ -207,9 +226,17 @@ void AgentClient::Close() {
   instance_id_ = 0;
 }
 
-uint64_t AgentClient::round_trips() const {
-  absl::MutexLock lock(&mu_);
-  return round_trips_;
+AgentClient::TransportStats AgentClient::stats() const {
+  TransportStats stats;
+  {
+    absl::MutexLock lock(&mu_);
+    stats.round_trips = round_trips_;
+  }
+  if (streams_ != nullptr) {
+    stats.streams_opened = streams_->opened();
+    stats.streams_refused = streams_->refused();
+  }
+  return stats;
 }
 
 }  // namespace hsmux::module

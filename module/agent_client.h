@@ -2,6 +2,7 @@
 // instance it registered there, and calls with deadlines.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -9,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "call_stream.h"
 #include "hsmux/v1/cryptoki.grpc.pb.h"
 #include "local_answers.h"
 #include "module_config.h"
@@ -29,17 +31,28 @@ class AgentClient {
   // Renews the lease; registers again if the agent no longer knows us.
   void Heartbeat();
 
-  // Tells the agent the instance is gone (C_Finalize). Best effort.
+  // Closes the threads' streams and tells the agent the instance is gone
+  // (C_Finalize). Best effort.
   void Close();
 
-  // Transport round trips made so far (for benchmarks and tests).
-  uint64_t round_trips() const;
+  // What the transport did so far (for benchmarks and tests).
+  struct TransportStats {
+    uint64_t round_trips = 0;
+    uint64_t streams_opened = 0;
+    uint64_t streams_refused = 0;
+  };
+  TransportStats stats() const;
 
  private:
   AgentClient(ModuleConfig config, std::string ca, std::string cert, std::string key);
 
   // One round trip.
   absl::StatusOr<v1::CallResponse> Send(v1::CallRequest& request);
+  // One request and its answer: on the thread's stream, or as a unary Call
+  // when streams are off or the agent refused this thread's stream.
+  grpc::Status Exchange(const std::shared_ptr<v1::Cryptoki::Stub>& stub,
+                        const v1::CallRequest& request,
+                        std::chrono::system_clock::time_point deadline, v1::CallResponse* response);
   // The stub of the current endpoint, created on first use.
   v1::Cryptoki::Stub* StubLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Registers an instance, trying each endpoint in turn.
@@ -57,6 +70,8 @@ class AgentClient {
   uint64_t instance_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;
   LocalAnswers answers_;
+  // Null when the config says transport: unary.
+  std::unique_ptr<CallStreams> streams_;
 };
 
 }  // namespace hsmux::module

@@ -39,7 +39,8 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
                                                "log_file",
                                                "max_message_bytes",
                                                "cant_create_threads",
-                                               "parameter_checks"};
+                                               "parameter_checks",
+                                               "transport"};
   ModuleConfig cfg;
   try {
     for (const auto& kv : root) {
@@ -103,6 +104,13 @@ absl::StatusOr<ModuleConfig> Parse(const std::string& path) {
         return ConfigError(path, t, "parameter_checks: must be at_init or deferred");
       }
       cfg.defer_parameter_checks = v == "deferred";
+    }
+    if (const YAML::Node t = root["transport"]) {
+      const std::string v = t.as<std::string>();
+      if (v != "stream" && v != "unary") {
+        return ConfigError(path, t, "transport: must be stream or unary");
+      }
+      cfg.use_streams = v == "stream";
     }
   } catch (const YAML::Exception& e) {
     return wire::CkError(CKR_GENERAL_ERROR, absl::StrCat(path, ":", e.mark.line + 1, ": ", e.msg));

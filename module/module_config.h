@@ -34,6 +34,10 @@ struct ModuleConfig {
   // a round trip; a parameter the member refuses is then reported by the
   // next call instead of C_*Init (docs/decisions/0010-round-trips.md).
   bool defer_parameter_checks = false;
+  // transport: "stream" (default) sends each thread's calls on one
+  // long-lived CallStream; "unary" sends one RPC per call
+  // (docs/decisions/0012-call-streams.md).
+  bool use_streams = true;
 };
 
 inline constexpr char kDefaultModuleConfigPath[] = "/etc/hsmux/module.conf";

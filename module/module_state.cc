@@ -208,7 +208,7 @@ absl::Status ModuleState::Finalize() {
   }
   if (client != nullptr) {
     client->Close();
-    WriteStatsFile(client->round_trips());  // HSMUX_STATS_FILE only (docs/decisions/0008)
+    WriteStatsFile(client->stats());  // HSMUX_STATS_FILE only (docs/decisions/0008)
   }
   client.reset();  // the channel, unless a call on another thread still holds it
   ReleaseGrpc(std::move(engine));

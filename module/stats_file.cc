@@ -11,7 +11,7 @@
 
 namespace hsmux::module {
 
-void WriteStatsFile(uint64_t round_trips) {
+void WriteStatsFile(const AgentClient::TransportStats& stats) {
   const char* path = std::getenv("HSMUX_STATS_FILE");
   if (path == nullptr || path[0] == '\0') return;
   const std::string target(path);
@@ -19,8 +19,11 @@ void WriteStatsFile(uint64_t round_trips) {
                           std::to_string(static_cast<long>(syscall(SYS_gettid)));
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return;
-  std::fprintf(f, "{\"pid\":%ld,\"round_trips\":%llu}\n", static_cast<long>(getpid()),
-               static_cast<unsigned long long>(round_trips));
+  std::fprintf(
+      f, "{\"pid\":%ld,\"round_trips\":%llu,\"streams_opened\":%llu,\"streams_refused\":%llu}\n",
+      static_cast<long>(getpid()), static_cast<unsigned long long>(stats.round_trips),
+      static_cast<unsigned long long>(stats.streams_opened),
+      static_cast<unsigned long long>(stats.streams_refused));
   const bool ok = std::fclose(f) == 0;
   if (!ok || std::rename(tmp.c_str(), target.c_str()) != 0) std::remove(tmp.c_str());
 }
@@ -30,7 +33,7 @@ void SnapshotStats() {
   if (path == nullptr || path[0] == '\0') return;
   auto client = ModuleState::Get().Client();
   if (!client.ok() || *client == nullptr) return;
-  WriteStatsFile((*client)->round_trips());
+  WriteStatsFile((*client)->stats());
 }
 
 }  // namespace hsmux::module

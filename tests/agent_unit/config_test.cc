@@ -214,6 +214,20 @@ TEST_F(ConfigTest, OptionalFieldsTakeDefaults) {
   EXPECT_EQ(config->max_sessions_per_instance, 4096u);
   EXPECT_EQ(config->groups[0].model, "hsmux");
   EXPECT_EQ(config->groups[0].manufacturer, "hsmux");
+  EXPECT_EQ(config->max_concurrent_calls, 256u);
+  EXPECT_EQ(config->max_streams, 128u);  // half of max_concurrent_calls
+}
+
+TEST_F(ConfigTest, MaxStreamsIsBoundedByMaxConcurrentCalls) {
+  std::string text = Edit("lease_seconds: 30", "lease_seconds: 30\nmax_concurrent_calls: 10");
+  absl::StatusOr<AgentConfig> config = Load(text);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_streams, 5u);
+  config = Load(text + "max_streams: 0\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_streams, 0u);
+  text += "max_streams: 11\n";
+  ExpectError(text, LineOf(text, "max_streams:"), "max_streams: must be an integer from 0 to 10");
 }
 
 TEST_F(ConfigTest, SanAndTwoGroupsLoad) {
