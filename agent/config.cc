@@ -781,12 +781,17 @@ class Loader {
                     {"listen", "tls", "state_dir", "lease_seconds", "max_sessions_per_instance",
                      "max_pin_failures", "metrics_listen", "audit_log", "max_template_attributes",
                      "max_attribute_bytes", "max_objects_per_instance", "max_concurrent_calls",
-                     "max_streams", "groups", "clients"},
+                     "max_streams", "listen_unix", "groups", "clients"},
                     &top);
         !s.ok()) {
       return s;
     }
     if (absl::Status s = LoadListen(top, config); !s.ok()) return s;
+    if (absl::Status s =
+            GetPath(top, "listen_unix", Need::kOptional, PathKind::kAny, &config->listen_unix);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = LoadTls(top, &config->tls); !s.ok()) return s;
     // state_dir may not exist yet: the agent (or systemd) creates it.
     if (absl::Status s =

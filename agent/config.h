@@ -83,6 +83,10 @@ struct GroupConfig {
 
 struct AgentConfig {
   std::string listen = "127.0.0.1:7443";  // host:port of the mTLS listener
+  // Optional second mTLS listener on a Unix socket (absolute path), for
+  // modules on the same host: the same certificates and checks, no TCP
+  // (docs/decisions/0012-call-streams.md). Empty: none.
+  std::string listen_unix;
   TlsConfig tls;
   std::string state_dir = "/var/lib/hsmux";
   // Prometheus endpoint (host:port); empty: off. Localhost by default.

@@ -1,8 +1,12 @@
 // hsmuxd: loads the config, logs in to every member, serves the virtual
 // tokens over mTLS until SIGTERM/SIGINT.
-#include <grpcpp/grpcpp.h>
-#include <signal.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,15 +23,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "admin_service.h"
-#include "audit.h"
-#include "metrics.h"
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/security/tls_certificate_provider.h>
-#include <grpcpp/security/tls_credentials_options.h>
 #include "agent.h"
+#include "audit.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "sd_notify.h"
 #include "service.h"
 
@@ -55,10 +55,10 @@ int main(int argc, char** argv) {
   // showed in the agent's per-call profile (docs/decisions/0011). Tests turn
   // it back on with HSMUX_CHECK_LOCK_ORDER=1 (tests/e2e/with_agent.sh).
   const char* check_lock_order = getenv("HSMUX_CHECK_LOCK_ORDER");
-  absl::SetMutexDeadlockDetectionMode(
-      check_lock_order != nullptr && std::string(check_lock_order) == "1"
-          ? absl::OnDeadlockCycle::kAbort
-          : absl::OnDeadlockCycle::kIgnore);
+  absl::SetMutexDeadlockDetectionMode(check_lock_order != nullptr &&
+                                              std::string(check_lock_order) == "1"
+                                          ? absl::OnDeadlockCycle::kAbort
+                                          : absl::OnDeadlockCycle::kIgnore);
   using namespace hsmux::agent;  // NOLINT(google-build-using-namespace)
 
   auto config = LoadAgentConfig(absl::GetFlag(FLAGS_config));
@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   }
   if (!absl::GetFlag(FLAGS_listen).empty()) config->listen = absl::GetFlag(FLAGS_listen);
   const std::string listen = config->listen;
+  const std::string listen_unix = config->listen_unix;
   const std::string state_dir = config->state_dir;
   const std::string audit_log = config->audit_log;
   const std::string metrics_listen = config->metrics_listen;
@@ -105,8 +106,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  grpc::SslServerCredentialsOptions ssl(
-      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   if (!ReadFile(tls.ca_file, &ssl.pem_root_certs) || !ReadFile(tls.cert_file, &pair.cert_chain) ||
       !ReadFile(tls.key_file, &pair.private_key)) {
@@ -127,8 +127,7 @@ int main(int argc, char** argv) {
   tls_options.watch_identity_key_cert_pairs();
   tls_options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
 
-  const std::string audit_path =
-      audit_log.empty() ? state_dir + "/audit.log" : audit_log;
+  const std::string audit_path = audit_log.empty() ? state_dir + "/audit.log" : audit_log;
   if (!OpenAuditLog(audit_path)) {
     LogError(absl::StrCat("cannot open the audit log ", audit_path));
     return 1;
@@ -146,6 +145,13 @@ int main(int argc, char** argv) {
   CryptokiService service(**agent);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, grpc::experimental::TlsServerCredentials(tls_options));
+  if (!listen_unix.empty()) {
+    // Same mTLS as the TCP port: the socket's file mode keeps no one out,
+    // the client certificate does.
+    ::unlink(listen_unix.c_str());
+    builder.AddListeningPort("unix:" + listen_unix,
+                             grpc::experimental::TlsServerCredentials(tls_options));
+  }
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
   // At most this many calls run at once; more wait, then get
@@ -173,6 +179,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   ::chmod(admin_socket.c_str(), 0600);
+  if (!listen_unix.empty()) ::chmod(listen_unix.c_str(), 0666);
   std::fprintf(stderr, "hsmuxd: serving on %s\n", listen.c_str());
   std::fflush(stderr);
   SdNotify("READY=1");  // systemd Type=notify; nothing without $NOTIFY_SOCKET
@@ -195,6 +202,7 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   admin_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   ::unlink(admin_socket.c_str());
+  if (!listen_unix.empty()) ::unlink(listen_unix.c_str());
   reaper.join();
   LogInfo("stopped");
   // Member workers and monitor threads may still be inside vendor calls (a

@@ -67,18 +67,42 @@ inner_main() {
 
   local SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
   local P11KIT_CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
-  for threads in 1 8; do
-    "$BUILD/tools/bench/hsmux-grpc-echo" client --target "localhost:$EPORT" --ca "$W/pki/ca.pem" \
-      --cert "$W/pki/client.pem" --key "$W/pki/client.key" --threads "$threads" \
-      --seconds "$SECS" --warmup "$WARM" --request-bytes 100 --reply-bytes 100 >"$W/echo.out" 2>&1 || true
-    grep -v '^BENCH ' "$W/echo.out" >&2 || true
-    printf '{"target":"echo","exit":0,"r":%s}\n' "$(sed -n 's/^BENCH //p' "$W/echo.out")" >>"$RESULTS"
+  # The floor of the transport the module uses (a stream per thread), and of
+  # unary calls for comparison (decision 0012).
+  for shape in stream unary; do
+    local tname=echo
+    [ "$shape" = unary ] && tname=echo-unary
+    for threads in 1 8; do
+      "$BUILD/tools/bench/hsmux-grpc-echo" client --target "localhost:$EPORT" --ca "$W/pki/ca.pem" \
+        --cert "$W/pki/client.pem" --key "$W/pki/client.key" --threads "$threads" --shape "$shape" \
+        --seconds "$SECS" --warmup "$WARM" --request-bytes 100 --reply-bytes 100 >"$W/echo.out" 2>&1 || true
+      grep -v '^BENCH ' "$W/echo.out" >&2 || true
+      printf '{"target":"%s","exit":0,"r":%s}\n' "$tname" "$(sed -n 's/^BENCH //p' "$W/echo.out")" >>"$RESULTS"
+    done
   done
   for op in $OPS; do
     for threads in 1 8; do
       SOFTHSM2_CONF="$D/softhsm2.conf" bench softhsm "$SOFTHSM" bench-direct "$D/pin" "$op" "$threads" --token-keys
       P11_KIT_SERVER_ADDRESS="unix:path=$D/p11kit.sock" bench p11kit "$P11KIT_CLIENT" bench-direct "$D/pin" "$op" "$threads" --token-keys
       bench hsmux "$HSMUX_MODULE" hsmux-demo "$W/secrets/client-pin" "$op" "$threads" --token-keys
+    done
+  done
+  # The same module with one RPC per round trip (transport: unary), for the
+  # transport-shape table.
+  local UNARY_CONF="$W/module-unary.yaml"
+  { cat "$HSMUX_CONFIG"; echo "transport: unary"; } >"$UNARY_CONF"
+  # And over the agent's Unix socket (listen_unix, same mTLS): the same
+  # host's path, like p11-kit's.
+  local UNIX_CONF="$W/module-unix.yaml"
+  sed "s|^agents: .*|agents: [\"unix:$HSMUX_AGENT_UNIX\"]|" "$HSMUX_CONFIG" >"$UNIX_CONF"
+  for op in random32 ecdsa-p256 rsa2048-sha256; do
+    case " $OPS " in *" $op "*) ;; *) continue ;; esac
+    for threads in 1 8; do
+      [ "$op" = rsa2048-sha256 ] ||
+        HSMUX_CONFIG="$UNARY_CONF" bench hsmux-unary "$HSMUX_MODULE" hsmux-demo "$W/secrets/client-pin" \
+          "$op" "$threads" --token-keys
+      HSMUX_CONFIG="$UNIX_CONF" bench hsmux-unix "$HSMUX_MODULE" hsmux-demo "$W/secrets/client-pin" \
+        "$op" "$threads" --token-keys
     done
   done
 }

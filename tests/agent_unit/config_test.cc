@@ -493,6 +493,11 @@ TEST_F(ConfigTest, RelativeOrMissingPaths) {
   text =
       Edit("  key: " + dir_ + "/server.key", "  key: " + dir_ + "/missing.key");
   ExpectError(text, LineOf(text, "missing.key"), "tls.key: cannot use");
+  text = good_ + "listen_unix: agent.sock\n";
+  ExpectError(text, LineOf(text, "listen_unix:"), "must be an absolute path");
+  absl::StatusOr<AgentConfig> config = Load(good_ + "listen_unix: /run/hsmux/agent.sock\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen_unix, "/run/hsmux/agent.sock");
 }
 
 TEST_F(ConfigTest, EmptyGroupsOrMembers) {

@@ -212,6 +212,42 @@ TEST_F(StreamTest, UnaryTransportOpensNoStream) {
   EXPECT_EQ(AgentStreams(), 0);
 }
 
+// module.yaml with the agent's Unix socket (listen_unix) instead of its port,
+// and the client certificate and key named `cert_stem` (.pem/.key) in pki/.
+std::string UnixModuleConfig(const std::string& cert_stem) {
+  const std::string dir = Env("HSMUX_TEST_DIR");
+  std::string text = ReadFile(dir + "/module.yaml");
+  const auto swap = [&text](const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    if (at != std::string::npos) text.replace(at, from.size(), to);
+  };
+  const size_t at = text.find("agents: [");
+  text.replace(at, text.find('\n', at) - at, "agents: [\"unix:" + Env("HSMUX_AGENT_UNIX") + "\"]");
+  swap("/pki/client.pem", "/pki/" + cert_stem + ".pem");
+  swap("/pki/client.key", "/pki/" + cert_stem + ".key");
+  const std::string path = dir + "/stream-module-unix-" + cert_stem + ".yaml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST_F(StreamTest, UnixSocketListenerServesTheModuleWithTheSameCertificateChecks) {
+  ::setenv("HSMUX_CONFIG", UnixModuleConfig("client").c_str(), 1);
+  ASSERT_EQ(p->C_Initialize(nullptr), CKR_OK);
+  CK_RV rv = CKR_OK;
+  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
+  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
+  EXPECT_EQ(Stat("streams_opened"), 1);
+  ASSERT_EQ(p->C_Finalize(nullptr), CKR_OK);
+  // A client certificate from another CA is refused on the socket as on the
+  // port: the file mode of the socket lets anyone connect, TLS does not.
+  ::setenv("HSMUX_CONFIG", UnixModuleConfig("rogue-client").c_str(), 1);
+  ASSERT_EQ(p->C_Initialize(nullptr), CKR_OK);
+  CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+  EXPECT_EQ(RvStr(p->C_OpenSession(kSlot, CKF_SERIAL_SESSION, nullptr, nullptr, &h)),
+            RvStr(CKR_DEVICE_ERROR));
+}
+
 TEST_F(StreamTest, BadTransportValueIsAConfigError) {
   const std::string dir = Env("HSMUX_TEST_DIR");
   const std::string path = dir + "/stream-module-bad.yaml";

@@ -9,6 +9,7 @@
 #   HSMUX_TEST_DIR      the work dir (pki/, secrets/, tokens/, hsmuxd.yaml, hsmuxd.log)
 #   HSMUX_MODULE        path of libhsmux-pkcs11.so
 #   HSMUX_AGENT_PORT    the agent's port
+#   HSMUX_AGENT_UNIX    the agent's Unix socket (listen_unix; same mTLS)
 #   HSMUX_AGENT_PID     the agent's pid
 #   SOFTHSM2_CONF       the members' SoftHSM config (to check members directly)
 #   HSMUX_AGENT_START   a command line that starts the agent again (after a test
@@ -44,6 +45,10 @@ if [ "${HSMUX_WITH_TESTWRAP:-0}" = 1 ]; then
   export HSMUX_SOFTHSM_LIB="$BUILD/tests/testwrap/libhsmux-testwrap.so"
 fi
 HSMUX_BUILD_DIR="$BUILD" bash "$REPO/scripts/make-demo-config.sh" "$WORK" "$PORT" >/dev/null
+# The agent's second listener, on a Unix socket (listen_unix), in a short
+# private directory: socket paths are limited to 107 bytes.
+SOCK_DIR="$(mktemp -d /tmp/hsmux-e2e.XXXXXX)"
+printf 'listen_unix: %s/agent.sock\n' "$SOCK_DIR" >>"$WORK/hsmuxd.yaml"
 if [ -n "${HSMUX_TOP_EXTRA:-}" ]; then
   printf '%s\n' "${HSMUX_TOP_EXTRA//;/$'\n'}" >>"$WORK/hsmuxd.yaml"
 fi
@@ -73,6 +78,7 @@ AGENT=$!
 cleanup() {
   kill "$AGENT" 2>/dev/null || true
   wait "$AGENT" 2>/dev/null || true
+  rm -rf "$SOCK_DIR"
 }
 trap cleanup EXIT
 for _ in $(seq 1 600); do
@@ -86,6 +92,7 @@ grep -q '^hsmuxd: serving on ' "$WORK/hsmuxd.log" || { echo "hsmuxd not ready" >
 "$BUILD/agent/hsmuxctl" create-replication-key --config "$WORK/hsmuxd.yaml" >/dev/null
 
 export HSMUX_CONFIG="$WORK/module.yaml" HSMUX_TEST_DIR="$WORK" HSMUX_AGENT_PORT="$PORT"
+export HSMUX_AGENT_UNIX="$SOCK_DIR/agent.sock"
 export HSMUX_MODULE="$BUILD/module/libhsmux-pkcs11.so" HSMUX_AGENT_PID="$AGENT"
 export HSMUX_AGENT_START="$BUILD/agent/hsmuxd --config $WORK/hsmuxd.yaml"
 set +e

@@ -110,9 +110,14 @@ def main():
     w("- **softhsm**: `hsmux-bench --module /usr/lib/softhsm/libsofthsm2.so` in process: the limit.")
     w("- **p11-kit**: `p11-kit server --provider /usr/lib/softhsm/libsofthsm2.so pkcs11:token=bench-direct` "
       "and `p11-kit-client.so` with `P11_KIT_SERVER_ADDRESS=unix:path=…`: the open-source remoting peer (same token as softhsm).")
-    w("- **hsmux**: `libhsmux-pkcs11.so` → unary gRPC over mTLS on 127.0.0.1 → `hsmuxd` → SoftHSM members.")
-    w("- **echo**: `hsmux-grpc-echo`: one unary mTLS RPC, 100 B each way, the module's channel arguments and "
-      "the agent's server settings (sync server, client certificate required): the transport's floor per round trip.")
+    w("- **hsmux**: `libhsmux-pkcs11.so` → gRPC over mTLS on 127.0.0.1, one stream per client thread "
+      "(docs/decisions/0012-call-streams.md) → `hsmuxd` → SoftHSM members. **hsmux-unary**: the same with "
+      "`transport: unary` (one RPC per round trip), for random32 and ECDSA. **hsmux-unix**: the stream over "
+      "the agent's Unix socket (`listen_unix`, same mTLS), for random32, ECDSA and RSA.")
+    w("- **echo**: `hsmux-grpc-echo --shape stream`: one message each way per round trip on a stream per "
+      "thread, 100 B each way, the module's channel arguments and the agent's server settings (sync server, "
+      "client certificate required): the floor of the transport the module uses. **echo-unary**: one unary "
+      "RPC per round trip, for comparison.")
     w("- Each thread has its own session; latency is per operation (all its Cryptoki calls); p50/p99 over all "
       "operations of all threads; `RT/op` = the module's transport round trips per operation "
       "(HSMUX_STATS_FILE, docs/decisions/0008-round-trip-counter.md), counted over 10 sequential operations.")
@@ -124,13 +129,25 @@ def main():
     w("")
     w("## Transport floor (bare gRPC echo)")
     w("")
-    w("| threads | ops/s | p50 µs | p99 µs |")
-    w("|---:|---:|---:|---:|")
-    for th in (1, 8):
-        w(f"| {th} | {fmt(get('echo', 'echo', th, 'ops_per_s'))} | {fmt(get('echo', 'echo', th, 'p50_us'))} "
-          f"| {fmt(get('echo', 'echo', th, 'p99_us'))} |")
+    w("| shape | threads | ops/s | p50 µs | p99 µs |")
+    w("|---|---:|---:|---:|---:|")
+    for t, shape in (("echo", "stream per thread"), ("echo-unary", "unary")):
+        for th in (1, 8):
+            w(f"| {shape} | {th} | {fmt(get(t, 'echo', th, 'ops_per_s'))} | {fmt(get(t, 'echo', th, 'p50_us'))} "
+              f"| {fmt(get(t, 'echo', th, 'p99_us'))} |")
     echo1 = get("echo", "echo", 1, "p50_us")
     echo8 = get("echo", "echo", 8, "ops_per_s")
+    w("")
+    w("## Transport shape in this run (hsmux: unary RPCs, a stream per thread, the stream over the Unix socket)")
+    w("")
+    w("| op | threads | unary ops/s | p50 µs | stream ops/s | p50 µs | stream/unary ops/s | Unix socket ops/s | p50 µs |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for op in ("random32", "ecdsa-p256", "rsa2048-sha256"):
+        for th in (1, 8):
+            u, st = get("hsmux-unary", op, th, "ops_per_s"), get("hsmux", op, th, "ops_per_s")
+            w(f"| {op} | {th} | {fmt(u)} | {fmt(get('hsmux-unary', op, th, 'p50_us'))} | {fmt(st)} | "
+              f"{fmt(get('hsmux', op, th, 'p50_us'))} | {fmt(st / u if st and u else None, 2)}× | "
+              f"{fmt(get('hsmux-unix', op, th, 'ops_per_s'))} | {fmt(get('hsmux-unix', op, th, 'p50_us'))} |")
     w("")
     w("## Side by side")
     w("")
@@ -213,19 +230,22 @@ def main():
     def verdict(ok):
         return "–" if ok is None else ("**met**" if ok else "**missed**")
 
-    h1, k1 = get("hsmux", "ecdsa-p256", 1, "p50_us"), get("p11kit", "ecdsa-p256", 1, "p50_us")
-    ok = None if h1 is None or k1 is None else h1 <= k1
-    w(f"| ECDSA P-256, 1 thread: hsmux p50 ≤ p11-kit's | hsmux {fmt(h1)} µs vs p11-kit {fmt(k1)} µs "
-      f"({fmt(h1 / k1 if h1 and k1 else None, 2)}×; {fmt(h1 - k1 if h1 and k1 else None)} µs over) | {verdict(ok)} |")
-    h8, k8 = get("hsmux", "ecdsa-p256", 8, "ops_per_s"), get("p11kit", "ecdsa-p256", 8, "ops_per_s")
-    ok = None if h8 is None or k8 is None else h8 >= 1.5 * k8
-    w(f"| ECDSA P-256, 8 threads: hsmux ≥ 1.5× p11-kit's ops/s | hsmux {fmt(h8)} vs p11-kit {fmt(k8)} ops/s = "
-      f"{fmt(h8 / k8 if h8 and k8 else None, 2)}× (needs 1.5×) | {verdict(ok)} |")
-    hr, sr = get("hsmux", "rsa2048-sha256", 1, "p50_us"), get("softhsm", "rsa2048-sha256", 1, "p50_us")
-    ok = None if hr is None or sr is None or echo1 is None else hr <= sr + echo1
-    w(f"| RSA-2048, 1 thread: hsmux p50 ≤ SoftHSM p50 + one echo round trip | hsmux {fmt(hr)} µs vs "
-      f"{fmt(sr)} + {fmt(echo1)} = {fmt(sr + echo1 if sr and echo1 else None)} µs "
-      f"({fmt(hr - sr - echo1 if hr and sr and echo1 else None)} µs over) | {verdict(ok)} |")
+    for t, via in (("hsmux", "TCP"), ("hsmux-unix", "Unix socket")):
+        h1, k1 = get(t, "ecdsa-p256", 1, "p50_us"), get("p11kit", "ecdsa-p256", 1, "p50_us")
+        ok = None if h1 is None or k1 is None else h1 <= k1
+        w(f"| ECDSA P-256, 1 thread: hsmux p50 ≤ p11-kit's (hsmux over {via}) | hsmux {fmt(h1)} µs vs "
+          f"p11-kit {fmt(k1)} µs ({fmt(h1 / k1 if h1 and k1 else None, 2)}×; "
+          f"{fmt(h1 - k1 if h1 and k1 else None)} µs over) | {verdict(ok)} |")
+        h8, k8 = get(t, "ecdsa-p256", 8, "ops_per_s"), get("p11kit", "ecdsa-p256", 8, "ops_per_s")
+        ok = None if h8 is None or k8 is None else h8 >= 1.5 * k8
+        w(f"| ECDSA P-256, 8 threads: hsmux ≥ 1.5× p11-kit's ops/s (hsmux over {via}) | hsmux {fmt(h8)} vs "
+          f"p11-kit {fmt(k8)} ops/s = {fmt(h8 / k8 if h8 and k8 else None, 2)}× (needs 1.5×) | "
+          f"{verdict(ok)} |")
+        hr, sr = get(t, "rsa2048-sha256", 1, "p50_us"), get("softhsm", "rsa2048-sha256", 1, "p50_us")
+        ok = None if hr is None or sr is None or echo1 is None else hr <= sr + echo1
+        w(f"| RSA-2048, 1 thread: hsmux p50 ≤ SoftHSM p50 + one echo round trip (hsmux over {via}) | "
+          f"hsmux {fmt(hr)} µs vs {fmt(sr)} + {fmt(echo1)} = {fmt(sr + echo1 if sr and echo1 else None)} µs "
+          f"({fmt(hr - sr - echo1 if hr and sr and echo1 else None)} µs over) | {verdict(ok)} |")
     worst = []
     for op in OPS:
         hp, sp = get("hsmux", op, 1, "p50_us"), get("softhsm", op, 1, "p50_us")
@@ -266,22 +286,24 @@ def main():
           + "AES-GCM's Init carries a parameter, which only a member can accept or refuse at Init, so it "
           "stays a round trip (docs/decisions/0010-round-trips.md).")
         w(f"- **Cost of one hsmux round trip.** Median over random32/sha256/ecdsa/hmac at 1 thread: "
-          f"{cost:,.0f} µs added per round trip vs {echo1:,.0f} µs for the bare echo "
-          f"({cost / echo1:.2f}×): the agent's dispatch and the hand-off to the member's worker thread "
-          f"(two context switches per call, kept so a hung HSM never blocks a client) add "
-          f"{cost - echo1:,.0f} µs on top of the transport (docs/decisions/0011-agent-hot-path.md). "
+          f"{cost:,.0f} µs added per round trip vs {echo1:,.0f} µs for the bare stream echo "
+          f"({cost / echo1:.2f}×). On top of the transport, the agent looks the instance up, runs the "
+          f"carried Init and the call through its spec-state code, and hands the member call to the "
+          f"member's worker thread and back (two context switches per call, kept so that a hung HSM "
+          f"never blocks a client and a timed-out call can move to another member; "
+          f"docs/decisions/0011-agent-hot-path.md). "
           f"p11-kit's {fmt(get('p11kit', 'ecdsa-p256', 1, 'p50_us'))} µs for ECDSA is a Unix socket to a "
-          "process that calls SoftHSM inline; meeting it needs the per-thread stream and a callback agent "
-          "that finishes calls from the member worker (measured in decision 0010: a stream per thread cut "
-          "the echo's p50 by about a third and doubled its 8-thread throughput).")
+          "process that calls SoftHSM inline on the socket's thread, with no TLS and no failover.")
     h8r, e8 = get("hsmux", "random32", 8, "ops_per_s"), echo8
     if h8r and e8:
-        w(f"- **Throughput at 8 threads.** random32 (1 round trip) reaches {h8r:,.0f} ops/s against the echo's "
-          f"{e8:,.0f} RPC/s ({h8r / e8:.2f}×); ECDSA at one round trip reaches "
+        w(f"- **Throughput at 8 threads.** random32 (1 round trip) reaches {h8r:,.0f} ops/s against the stream "
+          f"echo's {e8:,.0f} messages/s ({h8r / e8:.2f}×); ECDSA at one round trip reaches "
           f"{fmt(get('hsmux', 'ecdsa-p256', 8, 'ops_per_s'))} ops/s against p11-kit's "
           f"{fmt(get('p11kit', 'ecdsa-p256', 8, 'ops_per_s'))}. On 2 CPUs client, agent and SoftHSM share the "
-          "cores, so CPU per round trip is the ceiling: 1.5× p11-kit needs less CPU per call than unary "
-          "mTLS plus the worker hand-off costs here.")
+          "cores, so CPU per round trip is the ceiling: 1.5× p11-kit needs less CPU per signature than "
+          "TLS, HTTP/2 framing and the worker hand-off cost here; what is left is gRPC's callback server "
+          "(no server thread per stream) and a member call that runs without a thread hand-off when the "
+          "member is healthy (decision 0012, 'Not chosen (yet)').")
     w("- Numbers on a shared, loaded 2-CPU machine can move by 2× between runs (p99 most of all); compare "
       "ratios within one run, and rerun before trusting a single cell.")
     w("")
