@@ -1,5 +1,6 @@
 #include "call_stream.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,12 +36,14 @@ bool HasRefusedTrailer(const grpc::ClientContext& ctx) {
 // after the first failure (the thread then opens a new one).
 class ThreadStream {
  public:
-  explicit ThreadStream(std::shared_ptr<v1::Cryptoki::Stub> stub) : stub_(std::move(stub)) {}
+  explicit ThreadStream(std::shared_ptr<v1::Cryptoki::Stub> stub)
+      : stub_id_(stub.get()), stub_(std::move(stub)) {}
   ~ThreadStream() { Close(); }
   ThreadStream(const ThreadStream&) = delete;
   ThreadStream& operator=(const ThreadStream&) = delete;
 
-  const v1::Cryptoki::Stub* stub() const { return stub_.get(); }
+  // The stub the stream was opened on (compared only, never used).
+  const v1::Cryptoki::Stub* stub() const { return stub_id_; }
 
   bool alive() const {
     absl::MutexLock lock(&mu_);
@@ -89,11 +92,15 @@ class ThreadStream {
     return {status, wrote && !refused, refused};
   }
 
-  // Cancels the stream and waits for gRPC to give its operations back.
+  // Cancels the stream, waits for gRPC to give its operations back, and lets
+  // go of the channel, so that C_Finalize can tear gRPC down while the
+  // thread (and this object, in its thread_local slot) lives on.
   void Close() {
     absl::MutexLock lock(&mu_);
     if (rw_ != nullptr) TearDownLocked(/*cancel=*/true);
     closed_ = true;
+    ctx_.reset();
+    stub_.reset();
   }
 
  private:
@@ -120,7 +127,8 @@ class ThreadStream {
   mutable absl::Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  const std::shared_ptr<v1::Cryptoki::Stub> stub_;
+  const v1::Cryptoki::Stub* const stub_id_;
+  std::shared_ptr<v1::Cryptoki::Stub> stub_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<grpc::ClientContext> ctx_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<grpc::CompletionQueue> cq_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<grpc::ClientAsyncReaderWriter<v1::CallRequest, v1::CallResponse>> rw_
@@ -129,9 +137,9 @@ class ThreadStream {
 
 namespace {
 
-// The calling thread's stream. Its destructor runs when the thread ends
-// and closes the stream, unless the stream is a forked child's copy of its
-// parent's, which belongs to the parent's gRPC and is left alone.
+// The calling thread's stream. Deleted when the thread ends, which closes
+// the stream, unless the stream is a forked child's copy of its parent's,
+// which belongs to the parent's gRPC and is left alone.
 struct ThreadSlot {
   uint64_t owner = 0;  // CallStreams::id_ the stream belongs to
   pid_t pid = 0;
@@ -148,7 +156,29 @@ struct ThreadSlot {
   }
 };
 
-thread_local ThreadSlot t_slot;
+// A pthread key rather than a thread_local: the module is dlopen'ed, so a
+// thread_local would live in dynamic TLS, where GCC 12's LeakSanitizer
+// crashes scanning threads at exit ("Tracer caught signal 11"). The key's
+// destructor runs when a thread ends (the module is linked -z nodelete, so
+// it is still mapped then); the main thread's slot is closed by C_Finalize
+// or the exit handler instead (CloseAll) and stays with the process.
+pthread_key_t SlotKey() {
+  static const pthread_key_t key = [] {
+    pthread_key_t k;
+    pthread_key_create(&k, [](void* slot) { delete static_cast<ThreadSlot*>(slot); });
+    return k;
+  }();
+  return key;
+}
+
+ThreadSlot& CurrentSlot() {
+  auto* slot = static_cast<ThreadSlot*>(pthread_getspecific(SlotKey()));
+  if (slot == nullptr) {
+    slot = new ThreadSlot;
+    pthread_setspecific(SlotKey(), slot);
+  }
+  return *slot;
+}
 
 }  // namespace
 
@@ -157,14 +187,15 @@ CallStreams::CallStreams() : id_(NextId()) {}
 CallStreams::~CallStreams() { CloseAll(); }
 
 bool CallStreams::UseStream() const {
-  return t_slot.owner != id_ || std::chrono::steady_clock::now() >= t_slot.unary_until;
+  const ThreadSlot& slot = CurrentSlot();
+  return slot.owner != id_ || std::chrono::steady_clock::now() >= slot.unary_until;
 }
 
 CallStreams::Result CallStreams::Exchange(const std::shared_ptr<v1::Cryptoki::Stub>& stub,
                                           const v1::CallRequest& request,
                                           std::chrono::system_clock::time_point deadline,
                                           v1::CallResponse* response) {
-  ThreadSlot& slot = t_slot;
+  ThreadSlot& slot = CurrentSlot();
   if (slot.owner != id_ || slot.pid != getpid() || slot.stream == nullptr ||
       slot.stream->stub() != stub.get() || !slot.stream->alive()) {
     slot.Forget();

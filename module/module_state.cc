@@ -14,6 +14,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <mutex>
+#include <new>
+#include <thread>
 
 #include "log.h"
 #include "stats_file.h"
@@ -39,10 +41,64 @@ std::atomic<ModuleState*>& StatePointer() {
   return *state;
 }
 
+using grpc_event_engine::experimental::EventEngine;
+
+// The EventEngine of a C_Finalize that could not tear gRPC down because
+// something of the module's still held the channel (a host thread's call
+// stream, a call in flight): kept, with the pid that owns it, so that exit
+// (FinalizeAtExit) or the next C_Initialize finishes the job. A forked child
+// abandons its parent's (ResetInChild).
+struct Lingering {
+  std::mutex mu;
+  std::shared_ptr<EventEngine> engine;
+  pid_t pid = 0;
+};
+Lingering& LingeringEngine() {
+  static auto* lingering = new Lingering;
+  return *lingering;
+}
+
+// Waits until `engine` holds the last reference to the EventEngine: true, or
+// false after `limit` in all, or after `stall` without any reference going.
+bool WaitUntilLast(const std::shared_ptr<EventEngine>& engine, std::chrono::milliseconds limit,
+                   std::chrono::milliseconds stall) {
+  const auto start = std::chrono::steady_clock::now();
+  auto last_change = start;
+  long last = engine.use_count();
+  while (engine.use_count() > 1) {
+    const auto now = std::chrono::steady_clock::now();
+    const long n = engine.use_count();
+    if (n != last) {
+      last = n;
+      last_change = now;
+    }
+    if (now - start >= limit || now - last_change >= stall) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
 // A host that exits without C_Finalize (Java's SunPKCS11 never calls it):
 // finalize here, before exit() destroys gRPC's statics and OpenSSL's state
-// under gRPC's running threads (docs/sanitizers.md, "Exit").
-void FinalizeAtExit() { (void)ModuleState::Get().Finalize(); }
+// under gRPC's running threads (docs/sanitizers.md, "Exit"). Also finishes a
+// teardown that C_Finalize had to leave (ReleaseGrpc): exit() has run the
+// exiting thread's thread_local destructors by now, which let go of its call
+// stream and so of the channel.
+void FinalizeAtExit() {
+  (void)ModuleState::Get().Finalize();
+  std::shared_ptr<EventEngine> engine;
+  {
+    Lingering& l = LingeringEngine();
+    std::lock_guard<std::mutex> lock(l.mu);
+    if (l.pid != getpid()) return;
+    engine = std::move(l.engine);
+  }
+  if (engine == nullptr) return;
+  if (!WaitUntilLast(engine, std::chrono::seconds(2), std::chrono::seconds(2))) {
+    LogLine("exit: gRPC still in use by another thread; not waiting longer");
+  }
+  engine.reset();
+}
 
 // Once per process, at the first C_Initialize: gRPC must be told about fork()
 // or a child that uses it hangs (these run in every fork of the host), and
@@ -83,28 +139,41 @@ void InstallProcessHandlers() {
   });
 }
 
-// Gives up the module's hold on gRPC (C_Finalize). When nothing else in the
-// process uses gRPC, it is torn down here, on the caller's thread, before
-// C_Finalize returns: grpc_shutdown_blocking joins the executor and timer
-// threads, and the last reference to the EventEngine, dropped here, joins its
-// thread pool. Otherwise the channel's subchannels release the engine from
-// the engine's own threads moments later, and a host that exits right after
-// C_Finalize runs exit()'s destructors under them (seen under ASan: SEGV in
-// Epoll1Poller::Shutdown on gRPC's destroyed fork_poller_list, and in
-// OpenSSL's RAND lock freed by OPENSSL_cleanup during a TLS handshake).
-void ReleaseGrpc(std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine) {
+// Gives up the module's hold on gRPC (C_Finalize). When every gRPC object in
+// the process is the module's (`all_ours`), gRPC is torn down here, on the
+// caller's thread, before C_Finalize returns. grpc_shutdown_blocking alone
+// does not do it: Debian's gRPC 1.51 PosixEventEngine holds a grpc_init of
+// its own (grpc_core::InitInternally in its constructor, ShutdownInternally in
+// its destructor), and the channel's subchannels, which hold the engine, are
+// freed moments later on the engine's own threads. So it waits until its
+// reference to the engine is the last and drops it here: ~PosixEventEngine
+// joins the engine's threads, and its grpc_shutdown, the last one, shuts gRPC
+// down synchronously (executor and timer threads joined), as it runs on a
+// thread of ours. Otherwise the last subchannel destroys the engine on an
+// engine thread, gRPC then shuts down on a detached thread of its own, and a
+// host that exits right after C_Finalize runs exit()'s handlers under gRPC's
+// threads (seen under ASan: SEGV in Epoll1Poller::Shutdown on gRPC's destroyed
+// fork_poller_list; OpenSSL's RAND lock freed by OPENSSL_cleanup during a TLS
+// handshake; LeakSanitizer reporting the per-thread DRBGs of gRPC threads that
+// ended after OPENSSL_cleanup had deleted OpenSSL's thread-local keys). When
+// the references stop going (something still holds the channel: a host
+// thread's call stream, a call in flight) the engine is kept for exit
+// (FinalizeAtExit) instead. grpc_is_initialized() cannot tell whether the
+// host uses gRPC (the engine's own grpc_init keeps it true); in a host that
+// does, or in a forked child holding its parent's abandoned channel, nothing
+// is waited for.
+void ReleaseGrpc(std::shared_ptr<EventEngine> engine, bool all_ours) {
   grpc_shutdown_blocking();
-  if (engine == nullptr) return;
-  // Still initialised: the host uses gRPC too, a call is still in flight on
-  // another thread, or this is a forked child holding its parent's abandoned
-  // channel. Nothing to wait for then.
-  if (!grpc_is_initialized()) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    while (engine.use_count() > 1 && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+  if (engine == nullptr || !all_ours) return;
+  if (WaitUntilLast(engine, std::chrono::seconds(2), std::chrono::milliseconds(200))) {
+    engine.reset();  // the teardown, here
+    return;
   }
-  engine.reset();
+  LogLine("C_Finalize: gRPC still in use after the channel was closed; teardown left to exit");
+  Lingering& l = LingeringEngine();
+  std::lock_guard<std::mutex> lock(l.mu);
+  l.engine = std::move(engine);
+  l.pid = getpid();
 }
 
 }  // namespace
@@ -130,6 +199,12 @@ void ModuleState::ResetInChild() {
   // waiter. Its gRPC objects belong to the parent. The child starts
   // uninitialised, as after dlopen.
   StatePointer().store(new ModuleState, std::memory_order_release);
+  // Likewise the parent's lingering engine. Only this thread exists now; the
+  // mutex may have been held by one that does not, so it is made anew.
+  Lingering& l = LingeringEngine();
+  new (&l.mu) std::mutex;
+  if (l.engine != nullptr) new std::shared_ptr<EventEngine>(std::move(l.engine));
+  l.pid = 0;
 }
 
 absl::Status ModuleState::Initialize() {
@@ -146,6 +221,17 @@ absl::Status ModuleState::Initialize() {
     heartbeat_.release();  // NOLINT(bugprone-unused-return-value): abandoned on purpose
     initialized_ = false;
   }
+  // Nothing in this process uses gRPC but what an earlier C_Finalize left:
+  // every gRPC object from here on is the module's, and Finalize may wait for
+  // them (ReleaseGrpc). False in a forked child, whose parent's abandoned
+  // channel holds gRPC.
+  bool lingering = false;
+  {
+    Lingering& l = LingeringEngine();
+    std::lock_guard<std::mutex> lock(l.mu);
+    lingering = l.pid == me && l.engine != nullptr;
+  }
+  const bool grpc_all_ours = lingering || !grpc_is_initialized();
   HSMUX_ASSIGN_OR_RETURN(ModuleConfig config, LoadModuleConfig());
   SetLogFile(config.log_file);
   RouteGrpcLogs();
@@ -158,9 +244,15 @@ absl::Status ModuleState::Initialize() {
   // EventEngine, so that Finalize destroys the engine (ReleaseGrpc).
   grpc_init();
   engine_ = grpc_event_engine::experimental::GetDefaultEventEngine();
+  if (lingering) {  // the same engine (it lives): engine_ holds it now
+    Lingering& l = LingeringEngine();
+    std::lock_guard<std::mutex> lock(l.mu);
+    l.engine.reset();
+  }
   client_ = std::shared_ptr<AgentClient>(std::move(*client_or));
   config_ = std::move(config);
   pid_ = me;
+  grpc_all_ours_ = grpc_all_ours;
   initialized_ = true;
   stop_heartbeat_ = false;
   ++generation_;
@@ -187,7 +279,8 @@ void ModuleState::HeartbeatLoop(std::shared_ptr<AgentClient> client, uint32_t se
 absl::Status ModuleState::Finalize() {
   std::shared_ptr<AgentClient> client;
   std::unique_ptr<std::thread> heartbeat;
-  std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine;
+  std::shared_ptr<EventEngine> engine;
+  bool grpc_all_ours = false;
   {
     absl::MutexLock lock(&mu_);
     if (!initialized_ || pid_ != getpid()) {
@@ -198,6 +291,7 @@ absl::Status ModuleState::Finalize() {
     client = std::move(client_);
     heartbeat = std::move(heartbeat_);
     engine = std::move(engine_);
+    grpc_all_ours = grpc_all_ours_;
   }
   if (heartbeat != nullptr && heartbeat->joinable()) {
     if (heartbeat->get_id() == std::this_thread::get_id()) {
@@ -211,7 +305,7 @@ absl::Status ModuleState::Finalize() {
     WriteStatsFile(client->stats());  // HSMUX_STATS_FILE only (docs/decisions/0008)
   }
   client.reset();  // the channel, unless a call on another thread still holds it
-  ReleaseGrpc(std::move(engine));
+  ReleaseGrpc(std::move(engine), grpc_all_ours);
   return absl::OkStatus();
 }
 

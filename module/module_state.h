@@ -34,7 +34,8 @@ class ModuleState {
   absl::Status Initialize();
   // C_Finalize: tells the agent, stops the heartbeat, wakes blocked waits,
   // and (when the host does not use gRPC itself) shuts gRPC down, its threads
-  // joined, before it returns. Also run at exit if the host never called it.
+  // joined, before it returns, or at exit if something still holds the
+  // channel then. Also run at exit if the host never called it.
   absl::Status Finalize();
 
   // True between C_Initialize and C_Finalize in this very process (a forked
@@ -64,6 +65,10 @@ class ModuleState {
   std::unique_ptr<std::thread> heartbeat_ ABSL_GUARDED_BY(mu_);
   // Held from Initialize to Finalize, which destroys it (module_state.cc).
   std::shared_ptr<grpc_event_engine::experimental::EventEngine> engine_ ABSL_GUARDED_BY(mu_);
+  // Every gRPC object in the process is the module's (gRPC was not
+  // initialised when Initialize began, or only by what an earlier Finalize
+  // left): Finalize tears gRPC down (module_state.cc, ReleaseGrpc).
+  bool grpc_all_ours_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_heartbeat_ ABSL_GUARDED_BY(mu_) = false;
 };
 
