@@ -94,6 +94,13 @@ class StreamTest : public ::testing::Test {
     return false;
   }
 
+  // A logged-in R/W session of client-1 on the hsmux slot.
+  void OpenLoggedIn(CK_SESSION_HANDLE* s) {
+    CK_RV rv = CKR_OK;
+    *s = OpenSession(p, ClientPin(), &rv);
+    ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  }
+
   CK_RV Random(CK_SESSION_HANDLE s) {
     CK_BYTE buf[32];
     return p->C_GenerateRandom(s, buf, sizeof(buf));
@@ -107,9 +114,8 @@ class StreamTest : public ::testing::Test {
 
 TEST_F(StreamTest, EachThreadCallsOnItsStreamAndGivesItBackWhenItEnds) {
   Initialize("");
-  CK_RV rv = CKR_OK;
-  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
-  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  ASSERT_NO_FATAL_FAILURE(OpenLoggedIn(&s));
   ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
   EXPECT_EQ(Stat("streams_opened"), 1);  // this thread's
   ASSERT_TRUE(WaitAgentStreams(1)) << AgentStreams();
@@ -134,9 +140,8 @@ TEST_F(StreamTest, EachThreadCallsOnItsStreamAndGivesItBackWhenItEnds) {
 
 TEST_F(StreamTest, ThreadsBeyondTheAgentsStreamLimitAreServedByUnaryCalls) {
   Initialize("");
-  CK_RV rv = CKR_OK;
-  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
-  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  ASSERT_NO_FATAL_FAILURE(OpenLoggedIn(&s));
   ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
   // Four threads alive at once, each calling: with this thread's stream the
   // agent's two places are full after the first, so at least three threads
@@ -181,9 +186,8 @@ TEST_F(StreamTest, ThreadsBeyondTheAgentsStreamLimitAreServedByUnaryCalls) {
 
 TEST_F(StreamTest, HungAgentAnswersDeviceErrorAndTheNextCallUsesANewStream) {
   Initialize("timeouts:\n  call_ms: 1500");
-  CK_RV rv = CKR_OK;
-  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
-  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  ASSERT_NO_FATAL_FAILURE(OpenLoggedIn(&s));
   ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
   const pid_t agent = static_cast<pid_t>(std::atol(Env("HSMUX_AGENT_PID").c_str()));
   ASSERT_GT(agent, 0);
@@ -204,9 +208,8 @@ TEST_F(StreamTest, HungAgentAnswersDeviceErrorAndTheNextCallUsesANewStream) {
 
 TEST_F(StreamTest, UnaryTransportOpensNoStream) {
   Initialize("transport: unary");
-  CK_RV rv = CKR_OK;
-  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
-  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  ASSERT_NO_FATAL_FAILURE(OpenLoggedIn(&s));
   for (int i = 0; i < 3; ++i) ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
   EXPECT_EQ(Stat("streams_opened"), 0);
   EXPECT_EQ(AgentStreams(), 0);
@@ -233,9 +236,8 @@ std::string UnixModuleConfig(const std::string& cert_stem) {
 TEST_F(StreamTest, UnixSocketListenerServesTheModuleWithTheSameCertificateChecks) {
   ::setenv("HSMUX_CONFIG", UnixModuleConfig("client").c_str(), 1);
   ASSERT_EQ(p->C_Initialize(nullptr), CKR_OK);
-  CK_RV rv = CKR_OK;
-  CK_SESSION_HANDLE s = OpenSession(p, ClientPin(), &rv);
-  ASSERT_EQ(RvStr(rv), RvStr(CKR_OK));
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  ASSERT_NO_FATAL_FAILURE(OpenLoggedIn(&s));
   for (int i = 0; i < 3; ++i) ASSERT_EQ(RvStr(Random(s)), RvStr(CKR_OK));
   EXPECT_EQ(Stat("streams_opened"), 1);
   ASSERT_EQ(p->C_Finalize(nullptr), CKR_OK);
