@@ -39,10 +39,23 @@ bench() {  # bench TARGET-NAME MODULE LABEL PINFILE OP THREADS [extra args...]
   printf '{"target":"%s","exit":%d,"r":%s}\n' "$name" "$rc" "$line" >>"$RESULTS"
 }
 
-P11KIT_PID="" ECHO_PID=""
+P11KIT_PID=""
+# start_echo NAME API HAND_OFF: an echo server on a free port; prints the port.
+start_echo() {
+  local log="$HSMUX_TEST_DIR/echo-$1.log" pki="$HSMUX_TEST_DIR/pki"
+  "$BUILD/tools/bench/hsmux-grpc-echo" server --listen 127.0.0.1:0 --ca "$pki/ca.pem" \
+    --cert "$pki/server.pem" --key "$pki/server.key" --server-api "$2" --hand-off "$3" >"$log" 2>&1 &
+  echo $! >>"$HSMUX_TEST_DIR/echo.pids"
+  for _ in $(seq 1 100); do grep -q '^echo: serving on' "$log" && break; sleep 0.1; done
+  local port
+  port="$(sed -n 's/^echo: serving on //p' "$log")"
+  [ -n "$port" ] || { echo "bench: echo server $1 did not start" >&2; return 1; }
+  echo "$port"
+}
+
 inner_main() {
   local W="$HSMUX_TEST_DIR"
-  trap 'kill $P11KIT_PID $ECHO_PID 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+  trap 'kill $P11KIT_PID $(cat "$W/echo.pids" 2>/dev/null) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
   # (a)/(b): one SoftHSM token of their own, so the agent's members are untouched.
   local D="$W/direct"
   mkdir -p "$D/tokens"
@@ -56,28 +69,29 @@ inner_main() {
   P11KIT_PID=$!
   for _ in $(seq 1 100); do [ -S "$D/p11kit.sock" ] && break; sleep 0.1; done
   [ -S "$D/p11kit.sock" ] || { echo "bench: p11-kit server did not start" >&2; cat "$D/p11kit.log" >&2; exit 1; }
-  # (d): the echo server with the agent's PKI.
-  "$BUILD/tools/bench/hsmux-grpc-echo" server --listen 127.0.0.1:0 --ca "$W/pki/ca.pem" \
-    --cert "$W/pki/server.pem" --key "$W/pki/server.key" >"$W/echo.log" 2>&1 &
-  ECHO_PID=$!
-  for _ in $(seq 1 100); do grep -q '^echo: serving on' "$W/echo.log" && break; sleep 0.1; done
-  local EPORT
-  EPORT="$(sed -n 's/^echo: serving on //p' "$W/echo.log")"
-  [ -n "$EPORT" ] || { echo "bench: echo server did not start" >&2; exit 1; }
+  # (d): the echo server with the agent's PKI; two more that build each reply
+  # on a worker thread, as the agent runs each member call on a member worker
+  # (sync: the handler thread waits, the agent's shape; callback: the worker
+  # starts the write; docs/decisions/0013-server-shape.md).
+  local EPORT WPORT CPORT
+  EPORT="$(start_echo plain sync 0)" || exit 1
+  WPORT="$(start_echo worker sync 1)" || exit 1
+  CPORT="$(start_echo cb-worker callback 1)" || exit 1
 
   local SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
   local P11KIT_CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
   # The floor of the transport the module uses (a stream per thread), and of
   # unary calls for comparison (decision 0012).
-  for shape in stream unary; do
-    local tname=echo
-    [ "$shape" = unary ] && tname=echo-unary
+  local cell
+  for cell in "echo $EPORT stream" "echo-unary $EPORT unary" "echo-worker $WPORT stream" \
+              "echo-cb-worker $CPORT stream"; do
+    set -- $cell
     for threads in 1 8; do
-      "$BUILD/tools/bench/hsmux-grpc-echo" client --target "localhost:$EPORT" --ca "$W/pki/ca.pem" \
-        --cert "$W/pki/client.pem" --key "$W/pki/client.key" --threads "$threads" --shape "$shape" \
+      "$BUILD/tools/bench/hsmux-grpc-echo" client --target "localhost:$2" --ca "$W/pki/ca.pem" \
+        --cert "$W/pki/client.pem" --key "$W/pki/client.key" --threads "$threads" --shape "$3" \
         --seconds "$SECS" --warmup "$WARM" --request-bytes 100 --reply-bytes 100 >"$W/echo.out" 2>&1 || true
       grep -v '^BENCH ' "$W/echo.out" >&2 || true
-      printf '{"target":"%s","exit":0,"r":%s}\n' "$tname" "$(sed -n 's/^BENCH //p' "$W/echo.out")" >>"$RESULTS"
+      printf '{"target":"%s","exit":0,"r":%s}\n' "$1" "$(sed -n 's/^BENCH //p' "$W/echo.out")" >>"$RESULTS"
     done
   done
   for op in $OPS; do

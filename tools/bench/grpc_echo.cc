@@ -4,7 +4,11 @@
 // required, 16 MiB messages).
 //
 //   hsmux-grpc-echo server --listen 127.0.0.1:0 --ca CA --cert CERT --key KEY
-//       [--server-api sync|callback]
+//       [--server-api sync|callback] [--hand-off 0|1]
+//       --hand-off 1 builds every reply on a worker thread, as the agent runs
+//       each member call on a member worker: with sync, the handler thread
+//       waits for the worker (the agent today); with callback, the worker
+//       starts the write itself (no thread waits; decision 0013).
 //       prints "echo: serving on PORT", serves until SIGTERM/SIGINT; the
 //       listen address may be unix:PATH (then PORT is 0)
 //   hsmux-grpc-echo client --target localhost:PORT --ca CA --cert CERT --key KEY
@@ -18,8 +22,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -44,43 +52,165 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
+// A few worker threads taking tasks from one queue: the stand-in for the
+// agent's member workers (agent/call_executor.h).
+class Workers {
+ public:
+  explicit Workers(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~Workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Post(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+  // Runs `task` on a worker and waits for it, as Member::Invoke does.
+  void Run(std::function<void()> task) {
+    std::mutex m;
+    std::condition_variable done_cv;
+    bool done = false;
+    Post([&] {
+      task();
+      std::lock_guard<std::mutex> lock(m);
+      done = true;
+      done_cv.notify_one();
+    });
+    std::unique_lock<std::mutex> lock(m);
+    done_cv.wait(lock, [&] { return done; });
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !tasks_.empty(); });
+        if (stop_) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
 class EchoService final : public Echo::Service {
+ public:
+  explicit EchoService(Workers* workers) : workers_(workers) {}
+
+ private:
   grpc::Status Call(grpc::ServerContext*, const EchoMessage* req, EchoMessage* resp) override {
-    resp->mutable_payload()->assign(req->reply_bytes(), 'r');
+    Reply(*req, resp);
     return grpc::Status::OK;
   }
   grpc::Status Stream(grpc::ServerContext*,
                       grpc::ServerReaderWriter<EchoMessage, EchoMessage>* stream) override {
     EchoMessage req, resp;
     while (stream->Read(&req)) {
-      resp.mutable_payload()->assign(req.reply_bytes(), 'r');
+      Reply(req, &resp);
       if (!stream->Write(resp)) break;
     }
     return grpc::Status::OK;
   }
+  void Reply(const EchoMessage& req, EchoMessage* resp) {
+    auto build = [&] { resp->mutable_payload()->assign(req.reply_bytes(), 'r'); };
+    if (workers_ != nullptr) {
+      workers_->Run(build);
+    } else {
+      build();
+    }
+  }
+  Workers* workers_;
 };
 
-// The same unary echo on gRPC's callback API (the reactor finishes at once;
-// no handler thread of ours).
+// One stream on the callback API: a read is answered by a write, either
+// from gRPC's own thread or, with workers, from the worker that built it.
+class CallbackEchoStream final : public grpc::ServerBidiReactor<EchoMessage, EchoMessage> {
+ public:
+  explicit CallbackEchoStream(Workers* workers) : workers_(workers) { StartRead(&req_); }
+
+ private:
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    auto reply = [this] {
+      resp_.mutable_payload()->assign(req_.reply_bytes(), 'r');
+      StartWrite(&resp_);
+    };
+    if (workers_ != nullptr) {
+      workers_->Post(reply);
+    } else {
+      reply();
+    }
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+  Workers* workers_;
+  EchoMessage req_, resp_;
+};
+
+// The echo on gRPC's callback API: no handler thread of ours; with workers,
+// the worker that builds the reply also finishes the call or starts the write.
 class CallbackEchoService final : public Echo::CallbackService {
+ public:
+  explicit CallbackEchoService(Workers* workers) : workers_(workers) {}
+
+ private:
   grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx, const EchoMessage* req,
                                  EchoMessage* resp) override {
-    resp->mutable_payload()->assign(req->reply_bytes(), 'r');
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    auto reply = [req, resp, reactor] {
+      resp->mutable_payload()->assign(req->reply_bytes(), 'r');
+      reactor->Finish(grpc::Status::OK);
+    };
+    if (workers_ != nullptr) {
+      workers_->Post(reply);
+    } else {
+      reply();
+    }
     return reactor;
   }
+  grpc::ServerBidiReactor<EchoMessage, EchoMessage>* Stream(grpc::CallbackServerContext*) override {
+    return new CallbackEchoStream(workers_);
+  }
+  Workers* workers_;
 };
 
 std::atomic<bool> g_stop{false};
 
 int Server(const std::string& listen, const std::string& ca, const std::string& cert,
-           const std::string& key, const std::string& api) {
+           const std::string& key, const std::string& api, bool hand_off) {
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   ssl.pem_root_certs = ReadFile(ca);
   ssl.pem_key_cert_pairs.push_back({ReadFile(key), ReadFile(cert)});
-  EchoService service;
-  CallbackEchoService callback_service;
+  std::unique_ptr<Workers> workers;
+  if (hand_off) workers = std::make_unique<Workers>(4);
+  EchoService service(workers.get());
+  CallbackEchoService callback_service(workers.get());
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl), &port);
@@ -210,7 +340,7 @@ int main(int argc, char** argv) {
   }
   const std::string mode = argv[1];
   std::string listen = "127.0.0.1:0", target, ca, cert, key, server_name = "localhost";
-  std::string shape = "unary", api = "sync";
+  std::string shape = "unary", api = "sync", hand_off = "0";
   int threads = 1, request_bytes = 100, reply_bytes = 100;
   double seconds = 3, warmup = 0.5;
   for (int i = 2; i < argc; ++i) {
@@ -246,6 +376,8 @@ int main(int argc, char** argv) {
       shape = v;
     else if (a == "--server-api")
       api = v;
+    else if (a == "--hand-off")
+      hand_off = v;
     else {
       std::fprintf(stderr, "hsmux-grpc-echo: unknown argument %s\n", a.c_str());
       return 2;
@@ -255,11 +387,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hsmux-grpc-echo: --ca, --cert and --key are required\n");
     return 2;
   }
-  if ((shape != "unary" && shape != "stream") || (api != "sync" && api != "callback")) {
-    std::fprintf(stderr, "hsmux-grpc-echo: --shape unary|stream, --server-api sync|callback\n");
+  if ((shape != "unary" && shape != "stream") || (api != "sync" && api != "callback") ||
+      (hand_off != "0" && hand_off != "1")) {
+    std::fprintf(stderr,
+                 "hsmux-grpc-echo: --shape unary|stream, --server-api sync|callback, "
+                 "--hand-off 0|1\n");
     return 2;
   }
-  if (mode == "server") return Server(listen, ca, cert, key, api);
+  if (mode == "server") return Server(listen, ca, cert, key, api, hand_off == "1");
   if (mode == "client" && !target.empty())
     return Client(target, ca, cert, key, server_name, threads, seconds, warmup, request_bytes,
                   reply_bytes, shape);
