@@ -108,7 +108,7 @@ struct AgentConfig {
   // holds a server thread out of max_concurrent_calls while open, so the
   // default is half of max_concurrent_calls; a module whose stream is
   // refused sends unary calls instead. 0: every module uses unary calls.
-  uint32_t max_streams = 128;
+  uint32_t max_streams = max_concurrent_calls / 2;
   // Wrong PINs in a row that lock an identity out of a group
   // (CKR_PIN_LOCKED; persistent; `hsmuxctl unlock` lifts it).
   uint32_t max_pin_failures = 5;
