@@ -264,9 +264,22 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
       req.set_payload(std::string(request_bytes, 'q'));
       req.set_reply_bytes(reply_bytes);
       lat[i].reserve(1 << 16);
-      grpc::ClientContext stream_ctx;
+      // A stream per thread, as the module keeps one. It waits for the
+      // channel to connect (the first calls fall in the warm-up), and a
+      // stream that breaks is counted as an error and replaced, as the module
+      // replaces it.
+      std::unique_ptr<grpc::ClientContext> stream_ctx;
       std::unique_ptr<grpc::ClientReaderWriter<EchoMessage, EchoMessage>> stream;
-      if (shape == "stream") stream = stub->Stream(&stream_ctx);
+      auto open_stream = [&] {
+        stream.reset();
+        stream_ctx = std::make_unique<grpc::ClientContext>();
+        stream_ctx->set_wait_for_ready(true);
+        stream_ctx->set_deadline(std::chrono::system_clock::now() +
+                                 std::chrono::duration_cast<std::chrono::seconds>(
+                                     std::chrono::duration<double>(warmup + seconds + 10)));
+        stream = stub->Stream(stream_ctx.get());
+      };
+      if (shape == "stream") open_stream();
       while (true) {
         const int p0 = phase.load();
         if (p0 == 2) break;
@@ -274,23 +287,28 @@ int Client(const std::string& target, const std::string& ca, const std::string& 
         EchoMessage resp;
         grpc::Status st;
         if (stream != nullptr) {
-          if (!stream->Write(req) || !stream->Read(&resp))
-            st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broke");
+          if (!stream->Write(req) || !stream->Read(&resp)) {
+            st = stream->Finish();  // the stream is over: its status says why
+            if (st.ok())
+              st = grpc::Status(grpc::StatusCode::UNKNOWN, "the server ended the stream");
+            open_stream();
+          }
         } else {
           grpc::ClientContext ctx;  // a deadline per call, as the module sets
+          ctx.set_wait_for_ready(true);
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
           st = stub->Call(&ctx, req, &resp);
         }
         const auto t1 = Clock::now();
         if (!st.ok() || static_cast<int>(resp.payload().size()) != reply_bytes) {
           if (errors++ == 0)
-            std::fprintf(stderr, "hsmux-grpc-echo: call failed: %s\n", st.error_message().c_str());
+            std::fprintf(stderr, "hsmux-grpc-echo: call failed: status %d: %s\n",
+                         static_cast<int>(st.error_code()), st.error_message().c_str());
           continue;
         }
         if (p0 == 1 && phase.load() == 1)
           lat[i].push_back(static_cast<uint32_t>(
               std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
-        if (!st.ok() && stream != nullptr) break;
       }
       if (stream != nullptr) {
         stream->WritesDone();
