@@ -94,7 +94,7 @@ class ThreadStream {
 
   // Cancels the stream, waits for gRPC to give its operations back, and lets
   // go of the channel, so that C_Finalize can tear gRPC down while the
-  // thread (and this object, in its thread_local slot) lives on.
+  // thread (and this object, in its thread's slot) lives on.
   void Close() {
     absl::MutexLock lock(&mu_);
     if (rw_ != nullptr) TearDownLocked(/*cancel=*/true);

@@ -81,9 +81,9 @@ bool WaitUntilLast(const std::shared_ptr<EventEngine>& engine, std::chrono::mill
 // A host that exits without C_Finalize (Java's SunPKCS11 never calls it):
 // finalize here, before exit() destroys gRPC's statics and OpenSSL's state
 // under gRPC's running threads (docs/sanitizers.md, "Exit"). Also finishes a
-// teardown that C_Finalize had to leave (ReleaseGrpc): exit() has run the
-// exiting thread's thread_local destructors by now, which let go of its call
-// stream and so of the channel.
+// teardown that C_Finalize had to leave (ReleaseGrpc): by now Finalize has
+// closed every call stream of the instance (CloseAll), and a call that was in
+// flight on another thread has had time to end and let go of the channel.
 void FinalizeAtExit() {
   (void)ModuleState::Get().Finalize();
   std::shared_ptr<EventEngine> engine;

@@ -20,6 +20,8 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$REPO/scripts/bench.sh"
+# shellcheck source=tools/bench/echo-lib.sh
+source "$REPO/tools/bench/echo-lib.sh"
 
 # ---------------------------------------------------------------- inner parts --
 # Run under tests/e2e/with_agent.sh (HSMUX_MODULE, HSMUX_TEST_DIR, ... set).
@@ -40,17 +42,10 @@ bench() {  # bench TARGET-NAME MODULE LABEL PINFILE OP THREADS [extra args...]
 }
 
 P11KIT_PID=""
-# start_echo NAME API HAND_OFF: an echo server on a free port; prints the port.
-start_echo() {
-  local log="$HSMUX_TEST_DIR/echo-$1.log" pki="$HSMUX_TEST_DIR/pki"
-  "$BUILD/tools/bench/hsmux-grpc-echo" server --listen 127.0.0.1:0 --ca "$pki/ca.pem" \
-    --cert "$pki/server.pem" --key "$pki/server.key" --server-api "$2" --hand-off "$3" >"$log" 2>&1 &
-  echo $! >>"$HSMUX_TEST_DIR/echo.pids"
-  for _ in $(seq 1 100); do grep -q '^echo: serving on' "$log" && break; sleep 0.1; done
-  local port
-  port="$(sed -n 's/^echo: serving on //p' "$log")"
-  [ -n "$port" ] || { echo "bench: echo server $1 did not start" >&2; return 1; }
-  echo "$port"
+# bench_echo NAME API HAND_OFF: an echo server on a free port; prints the port.
+bench_echo() {
+  start_echo "$BUILD/tools/bench/hsmux-grpc-echo" "$HSMUX_TEST_DIR/pki" "$HSMUX_TEST_DIR/echo-$1.log" \
+    "$HSMUX_TEST_DIR/echo.pids" 127.0.0.1:0 "$2" "$3"
 }
 
 inner_main() {
@@ -74,9 +69,9 @@ inner_main() {
   # (sync: the handler thread waits, the agent's shape; callback: the worker
   # starts the write; docs/decisions/0013-server-shape.md).
   local EPORT WPORT CPORT
-  EPORT="$(start_echo plain sync 0)" || exit 1
-  WPORT="$(start_echo worker sync 1)" || exit 1
-  CPORT="$(start_echo cb-worker callback 1)" || exit 1
+  EPORT="$(bench_echo plain sync 0)" || exit 1
+  WPORT="$(bench_echo worker sync 1)" || exit 1
+  CPORT="$(bench_echo cb-worker callback 1)" || exit 1
 
   local SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
   local P11KIT_CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so

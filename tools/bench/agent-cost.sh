@@ -10,15 +10,15 @@
 set -euo pipefail
 B="${B:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build}"
 P="$HSMUX_AGENT_PID"
-switches() { cat /proc/"$P"/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; }
-cpu_ticks() { awk '{print $14+$15}' /proc/"$P"/stat; }
+# shellcheck source=tools/bench/echo-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo-lib.sh"
 for op in ${OPS:-random32 ecdsa-p256}; do
   for t in ${THREADS:-1 8}; do
-    c0=$(switches); u0=$(cpu_ticks)
+    c0=$(proc_switches "$P"); u0=$(proc_cpu_ticks "$P")
     out=$("$B/tools/bench/hsmux-bench" --module "$HSMUX_MODULE" --token-label hsmux-demo \
       --pin-file "$HSMUX_TEST_DIR/secrets/client-pin" --op "$op" --threads "$t" \
       --seconds "${SECS:-3}" --warmup 0.3 --token-keys 2>&1 | grep '^BENCH')
-    c1=$(switches); u1=$(cpu_ticks)
+    c1=$(proc_switches "$P"); u1=$(proc_cpu_ticks "$P")
     tck=$(getconf CLK_TCK)
     printf '%s\n' "$out" | python3 -c '
 import json, sys

@@ -111,6 +111,21 @@ class Workers {
   std::vector<std::thread> threads_;
 };
 
+// The echo's answer: `reply_bytes` bytes.
+void Answer(const EchoMessage& req, EchoMessage* resp) {
+  resp->mutable_payload()->assign(req.reply_bytes(), 'r');
+}
+
+// Callback server: `reply` runs on a worker if there are workers, else here
+// on gRPC's thread.
+void PostOrRun(Workers* workers, std::function<void()> reply) {
+  if (workers != nullptr) {
+    workers->Post(std::move(reply));
+  } else {
+    reply();
+  }
+}
+
 class EchoService final : public Echo::Service {
  public:
   explicit EchoService(Workers* workers) : workers_(workers) {}
@@ -130,7 +145,7 @@ class EchoService final : public Echo::Service {
     return grpc::Status::OK;
   }
   void Reply(const EchoMessage& req, EchoMessage* resp) {
-    auto build = [&] { resp->mutable_payload()->assign(req.reply_bytes(), 'r'); };
+    auto build = [&] { Answer(req, resp); };
     if (workers_ != nullptr) {
       workers_->Run(build);
     } else {
@@ -152,15 +167,10 @@ class CallbackEchoStream final : public grpc::ServerBidiReactor<EchoMessage, Ech
       Finish(grpc::Status::OK);
       return;
     }
-    auto reply = [this] {
-      resp_.mutable_payload()->assign(req_.reply_bytes(), 'r');
+    PostOrRun(workers_, [this] {
+      Answer(req_, &resp_);
       StartWrite(&resp_);
-    };
-    if (workers_ != nullptr) {
-      workers_->Post(reply);
-    } else {
-      reply();
-    }
+    });
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -184,15 +194,10 @@ class CallbackEchoService final : public Echo::CallbackService {
   grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx, const EchoMessage* req,
                                  EchoMessage* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    auto reply = [req, resp, reactor] {
-      resp->mutable_payload()->assign(req->reply_bytes(), 'r');
+    PostOrRun(workers_, [req, resp, reactor] {
+      Answer(*req, resp);
       reactor->Finish(grpc::Status::OK);
-    };
-    if (workers_ != nullptr) {
-      workers_->Post(reply);
-    } else {
-      reply();
-    }
+    });
     return reactor;
   }
   grpc::ServerBidiReactor<EchoMessage, EchoMessage>* Stream(grpc::CallbackServerContext*) override {

@@ -11,28 +11,24 @@ set -euo pipefail
 B="${B:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build}"
 W=$HSMUX_TEST_DIR
 E=$B/tools/bench/hsmux-grpc-echo
-P="--ca $W/pki/ca.pem --cert $W/pki/server.pem --key $W/pki/server.key"
+# shellcheck source=tools/bench/echo-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo-lib.sh"
 C="--ca $W/pki/ca.pem --cert $W/pki/client.pem --key $W/pki/client.key --seconds ${SECS:-2} --warmup 0.3"
 VARIANTS="sync:0 sync:1 callback:0 callback:1"
 declare -A PORT PID
 for v in $VARIANTS; do
-  log="$W/echo-${v/:/-}.log"
-  $E server --listen 127.0.0.1:0 $P --server-api "${v%:*}" --hand-off "${v#*:}" >"$log" 2>&1 &
-  PID[$v]=$!
-  for _ in $(seq 1 50); do grep -q 'serving on' "$log" && break; sleep 0.1; done
-  PORT[$v]=$(sed -n 's/^echo: serving on //p' "$log")
+  PORT[$v]=$(start_echo "$E" "$W/pki" "$W/echo-${v/:/-}.log" "$W/echo-$$.pids" 127.0.0.1:0 "${v%:*}" "${v#*:}")
+  PID[$v]=$(tail -n1 "$W/echo-$$.pids")
 done
 trap 'kill ${PID[*]} 2>/dev/null || true' EXIT
-switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; }
-ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
 for round in $(seq 1 "${ROUNDS:-3}"); do
   for t in ${THREADS:-1 8}; do
     for v in $VARIANTS; do
       p=${PID[$v]}
-      s0=$(switches "$p"); c0=$(ticks "$p")
+      s0=$(proc_switches "$p"); c0=$(proc_cpu_ticks "$p")
       line=$($E client --target "localhost:${PORT[$v]}" $C --threads "$t" --shape "${SHAPE:-stream}" 2>&1 |
         grep '^BENCH')
-      s1=$(switches "$p"); c1=$(ticks "$p")
+      s1=$(proc_switches "$p"); c1=$(proc_cpu_ticks "$p")
       printf '%s\n' "$line" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read()[6:])

@@ -32,16 +32,15 @@ done
 # The transport-floor echo in each server shape (decision 0013), both client
 # shapes: every reply arrives, with the payload size asked for.
 ECHO="$(dirname "$BENCH")/hsmux-grpc-echo"
+# shellcheck source=tools/bench/echo-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo-lib.sh"
 PKI="$HSMUX_TEST_DIR/pki"
 echo_checks=0
 for api in sync callback; do
   for hand_off in 0 1; do
-    log="$HSMUX_TEST_DIR/smoke-echo-$api-$hand_off.log"
-    "$ECHO" server --listen 127.0.0.1:0 --ca "$PKI/ca.pem" --cert "$PKI/server.pem" \
-      --key "$PKI/server.key" --server-api "$api" --hand-off "$hand_off" >"$log" 2>&1 &
-    spid=$!
-    for _ in $(seq 1 100); do grep -q '^echo: serving on' "$log" && break; sleep 0.1; done
-    port="$(sed -n 's/^echo: serving on //p' "$log")"
+    port="$(start_echo "$ECHO" "$PKI" "$HSMUX_TEST_DIR/smoke-echo-$api-$hand_off.log" \
+      "$HSMUX_TEST_DIR/smoke-echo.pids" 127.0.0.1:0 "$api" "$hand_off")"
+    spid="$(tail -n1 "$HSMUX_TEST_DIR/smoke-echo.pids")"
     for shape in stream unary; do
       echo_checks=$((echo_checks + 1))
       out="$("$ECHO" client --target "localhost:${port:-1}" --ca "$PKI/ca.pem" --cert "$PKI/client.pem" \

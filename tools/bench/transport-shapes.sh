@@ -5,16 +5,12 @@
 # TCP loopback vs Unix socket; three interleaved rounds. env: B, SECS (2).
 set -euo pipefail
 B="${B:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build}"; W=$HSMUX_TEST_DIR; E=$B/tools/bench/hsmux-grpc-echo
-P="--ca $W/pki/ca.pem --cert $W/pki/server.pem --key $W/pki/server.key"
 C="--ca $W/pki/ca.pem --cert $W/pki/client.pem --key $W/pki/client.key --seconds ${SECS:-2} --warmup 0.3"
-start() { # api listen
-  $E server --listen "$2" $P --server-api "$1" > "$W/echo-$1.log" 2>&1 & echo $! > "$W/echo-$1.pid"
-  for _ in $(seq 1 50); do grep -q 'serving on' "$W/echo-$1.log" && break; sleep 0.1; done
-}
-start sync 127.0.0.1:0; SP=$(sed -n 's/^echo: serving on //p' $W/echo-sync.log)
-start callback 127.0.0.1:0; CP=$(sed -n 's/^echo: serving on //p' $W/echo-callback.log)
-$E server --listen "unix:$W/echo.sock" $P > "$W/echo-uds.log" 2>&1 & UP=$!
-sleep 1
+# shellcheck source=tools/bench/echo-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/echo-lib.sh"
+SP=$(start_echo "$E" "$W/pki" "$W/echo-sync.log" "$W/echo.pids" 127.0.0.1:0 sync 0)
+CP=$(start_echo "$E" "$W/pki" "$W/echo-callback.log" "$W/echo.pids" 127.0.0.1:0 callback 0)
+start_echo "$E" "$W/pki" "$W/echo-uds.log" "$W/echo.pids" "unix:$W/echo.sock" sync 0 >/dev/null
 for round in 1 2 3; do
  for t in 1 8; do
   for cfg in "tcp-sync-unary localhost:$SP unary" "tcp-sync-stream localhost:$SP stream" "tcp-callback-unary localhost:$CP unary" "uds-sync-unary unix:$W/echo.sock unary"; do
@@ -24,4 +20,4 @@ for round in 1 2 3; do
   done
  done
 done
-kill $(cat $W/echo-sync.pid) $(cat $W/echo-callback.pid) $UP
+kill $(cat "$W/echo.pids")
